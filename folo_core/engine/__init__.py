@@ -1,0 +1,1 @@
+"""The engine: user API (``LLM``), ``LLMEngine``, the step loop and output processing."""

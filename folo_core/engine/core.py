@@ -1,0 +1,144 @@
+"""``EngineCore``: picks the plugins, owns scheduler and model runner, runs the step loop.
+
+    scheduler_output = scheduler.schedule()
+    runner_output    = model_runner.execute_model(scheduler_output)
+    engine_outputs   = scheduler.update_from_output(scheduler_output, runner_output)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from folo_core.config import EngineConfig
+from folo_core.logger import init_logger
+from folo_core.plugins import FoloPluginManager
+from folo_core.quantization import QuantizationConfig
+from folo_core.registry import PluginSelectionError, SelectionContext
+from folo_core.request import Request, RequestStatus
+from folo_core.sampling_params import SamplingParams
+from folo_core.sched.output import EngineCoreOutput
+from folo_core.worker.model_runner import ModelRunner
+
+logger = init_logger(__name__)
+
+
+def model_geometry(hf_config: Any) -> tuple[int, int, int]:
+    """(num_heads, num_kv_heads, head_size) from an HF config."""
+    num_heads = hf_config.num_attention_heads
+    num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
+    head_size = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
+    return num_heads, num_kv_heads, head_size
+
+
+def selection_context(config: EngineConfig) -> SelectionContext:
+    hf_config = config.model.hf_config
+    num_heads, num_kv_heads, head_size = model_geometry(hf_config)
+    return SelectionContext(
+        device=config.model.resolved_device(),
+        dtype=config.model.torch_dtype,
+        head_size=head_size,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        block_size=config.cache.block_size,
+        architecture=(getattr(hf_config, "architectures", None) or [None])[0],
+        options={
+            "enable_chunked_prefill": config.scheduler.enable_chunked_prefill,
+            "enable_prefix_caching": config.cache.enable_prefix_caching is True,
+        },
+    )
+
+
+def quantization_config(config: EngineConfig, plugins: FoloPluginManager,
+                        ctx: SelectionContext) -> QuantizationConfig | None:
+    """The checkpoint's quantization scheme (or the one forced by ``quantization``)."""
+    hf_quant = getattr(config.model.hf_config, "quantization_config", None)
+    if hf_quant is not None and not isinstance(hf_quant, dict):
+        hf_quant = hf_quant.to_dict()
+    name = config.model.quantization or (hf_quant or {}).get("quant_method")
+    if name is None:
+        return None
+    entry = plugins.registry("quantizer").select(name, ctx)
+    return entry.impl.from_config(hf_quant or {})
+
+
+@dataclass
+class SelectedPlugins:
+    """The implementation picked for each kind, as ``folo plugins --explain`` reports it."""
+
+    model: str
+    attention_backend: str
+    sampler: str
+    kv_cache_manager: str
+    scheduler: str
+    quantization: str | None
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig, plugins: FoloPluginManager) -> None:
+        self.config = config
+        ctx = selection_context(config)
+        arch = ctx.architecture
+        if arch is None:
+            raise PluginSelectionError("config.json has no 'architectures' entry")
+        model_entry = plugins.registry("model").get(arch)
+        quant_config = quantization_config(config, plugins, ctx)
+        attn_entry = plugins.registry("attention_backend").select(config.model.attention_backend, ctx)
+        sampler_entry = plugins.registry("sampler").select(config.model.sampler, ctx)
+        kv_entry = plugins.registry("kv_cache_manager").select(config.cache.kv_cache_manager, ctx)
+        sched_entry = plugins.registry("scheduler").select(config.scheduler.scheduler, ctx)
+
+        enable_caching = config.cache.enable_prefix_caching
+        supported = kv_entry.impl.supports_prefix_caching and attn_entry.impl.capabilities.prefix_caching
+        if enable_caching and not kv_entry.impl.supports_prefix_caching:
+            raise PluginSelectionError(
+                f"kv_cache_manager {kv_entry.name!r} does not support prefix caching; "
+                "set enable_prefix_caching=False")
+        enable_caching = supported if enable_caching is None else enable_caching
+
+        self.model_runner = ModelRunner(config, attn_entry.impl, sampler_entry.impl(), model_entry.impl,
+                                        quant_config)
+        self.num_blocks = self.model_runner.determine_num_blocks()
+        self.model_runner.initialize_kv_cache(self.num_blocks)
+        extra_key = f"{config.model.model}|{config.model.dtype}|{quant_config.hash_key() if quant_config else ''}"
+        self.kv_cache_manager = kv_entry.impl(self.num_blocks, config.cache.block_size, enable_caching, extra_key)
+        self.scheduler = sched_entry.impl(config.scheduler, config.cache, self.kv_cache_manager)
+        self.selected = SelectedPlugins(arch, attn_entry.name, sampler_entry.name, kv_entry.name,
+                                        sched_entry.name, quant_config.name if quant_config else None)
+        self.enable_prefix_caching = enable_caching
+        logger.info("plugins: %s; prefix caching %s", self.selected, "on" if enable_caching else "off")
+
+    @property
+    def max_request_tokens(self) -> int:
+        """Prompt + output limit: the model length or what the whole KV cache holds."""
+        return min(self.config.model.max_model_len, self.num_blocks * self.config.cache.block_size)
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                    arrival_time: float | None = None, priority: int = 0, cache_salt: str | None = None) -> None:
+        limit = self.max_request_tokens
+        n = len(prompt_token_ids)
+        if n > limit:
+            raise ValueError(
+                f"the prompt ({n} tokens) can never fit in the KV cache, which holds {limit} tokens "
+                f"({self.num_blocks} blocks of {self.config.cache.block_size}); raise "
+                "kv_cache_memory_bytes or num_gpu_blocks_override")
+        if request_id in self.scheduler.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        max_waiting = self.config.scheduler.max_waiting_requests
+        if max_waiting is not None and len(self.scheduler.waiting) >= max_waiting:
+            raise OverflowError(f"server overloaded: {max_waiting} requests already waiting")
+        max_tokens = max(1, limit - n)
+        if params.max_tokens is not None:
+            max_tokens = min(max_tokens, params.max_tokens)
+        self.scheduler.add_request(Request(request_id, prompt_token_ids, params, max_tokens, arrival_time,
+                                           priority, cache_salt))
+
+    def abort_requests(self, request_ids: list[str]) -> None:
+        self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+
+    def step(self) -> list[EngineCoreOutput]:
+        if not self.scheduler.has_unfinished_requests():
+            return []
+        scheduler_output = self.scheduler.schedule()
+        runner_output = self.model_runner.execute_model(scheduler_output)
+        return self.scheduler.update_from_output(scheduler_output, runner_output)

@@ -1,0 +1,91 @@
+"""``LLMEngine``: vLLM's synchronous engine surface over ``EngineCore``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from folo_core.config import EngineConfig, resolve_engine_config
+from folo_core.engine.core import EngineCore
+from folo_core.engine.output_processor import OutputProcessor
+from folo_core.engine.processor import Processor, PromptType
+from folo_core.hf_utils import eos_token_ids, load_hf_config, load_tokenizer
+from folo_core.kv_cache.interface import PrefixCacheStats
+from folo_core.outputs import RequestOutput
+from folo_core.plugins import FoloPluginManager, get_plugin_manager
+from folo_core.sampling_params import SamplingParams
+
+
+@dataclass
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    num_blocks: int
+    prefix_cache: PrefixCacheStats
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, plugins: FoloPluginManager | None = None) -> None:
+        plugins = plugins or get_plugin_manager()
+        model_config = config.model
+        if model_config.model is None:
+            from folo_core.default_model import default_model_path
+
+            model_config = model_config.model_copy(update={"model": default_model_path()})
+        model_path = model_config.model
+        hf_config = load_hf_config(model_path)
+        self.config = resolve_engine_config(config.model_copy(update={"model": model_config}), hf_config)
+        self.tokenizer = (None if self.config.model.skip_tokenizer_init
+                          else load_tokenizer(self.config.model.tokenizer or model_path))
+        self.engine_core = EngineCore(self.config, plugins)
+        self.processor = Processor(self.tokenizer, self.config.model.max_model_len, hf_config.vocab_size,
+                                   eos_token_ids(hf_config, self.tokenizer, model_path))
+        self.output_processor = OutputProcessor(self.tokenizer)
+
+    @classmethod
+    def from_engine_args(cls, **kwargs: Any) -> "LLMEngine":
+        return cls(EngineConfig.from_kwargs(**kwargs))
+
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer
+
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
+                    arrival_time: float | None = None, priority: int = 0) -> None:
+        """Validate and queue a request; errors are raised here and leave the engine untouched."""
+        params = params or SamplingParams()
+        text, prompt_ids, params = self.processor.process(prompt, params)
+        if request_id in self.output_processor.states:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        arrival_time = time.time() if arrival_time is None else arrival_time
+        cache_salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
+        self.engine_core.add_request(request_id, prompt_ids, params, arrival_time, priority, cache_salt)
+        self.output_processor.add_request(request_id, text, prompt_ids, params, arrival_time)
+
+    def abort_request(self, request_ids: str | list[str]) -> None:
+        request_ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        self.engine_core.abort_requests(request_ids)
+        self.output_processor.abort_requests(request_ids)
+
+    def step(self) -> list[RequestOutput]:
+        outputs = self.engine_core.step()
+        request_outputs, to_abort = self.output_processor.process_outputs(outputs)
+        if to_abort:
+            self.engine_core.abort_requests(to_abort)
+        return request_outputs
+
+    def has_unfinished_requests(self) -> bool:
+        return self.engine_core.scheduler.has_unfinished_requests()
+
+    def get_num_unfinished_requests(self) -> int:
+        return self.engine_core.scheduler.get_num_unfinished_requests()
+
+    def reset_prefix_cache(self) -> bool:
+        return self.engine_core.kv_cache_manager.reset_prefix_cache()
+
+    def get_stats(self) -> EngineStats:
+        scheduler = self.engine_core.scheduler
+        manager = self.engine_core.kv_cache_manager
+        return EngineStats(len(scheduler.running), len(scheduler.waiting), manager.usage,
+                           self.engine_core.num_blocks, manager.prefix_cache_stats)

@@ -1,0 +1,120 @@
+"""Turns engine-core outputs (token ids) into user ``RequestOutput``s.
+
+Owns per-request text state: incremental detokenization, stop strings (which
+finish a request the core still thinks is running, so the caller aborts it),
+logprobs with decoded tokens, and timing metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from folo_core.engine.detokenizer import IncrementalDetokenizer
+from folo_core.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SampleLogprobs
+from folo_core.sampling_params import RequestOutputKind, SamplingParams
+from folo_core.sched.output import EngineCoreOutput, LogprobsEntry
+
+
+@dataclass
+class RequestState:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    detokenizer: IncrementalDetokenizer | None
+    metrics: RequestMetrics
+    output_token_ids: list[int] = field(default_factory=list)
+    logprobs: SampleLogprobs | None = None
+    cumulative_logprob: float | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    num_cached_tokens: int = 0
+    _sent_tokens: int = 0
+    _sent_logprobs: int = 0
+
+    def make_output(self, finished: bool) -> RequestOutput | None:
+        kind = self.params.output_kind
+        if kind == RequestOutputKind.FINAL_ONLY and not finished:
+            return None
+        delta = kind == RequestOutputKind.DELTA
+        text = self.detokenizer.get_next_output_text(finished, delta) if self.detokenizer else ""
+        token_ids, logprobs = self.output_token_ids, self.logprobs
+        if delta:
+            token_ids = token_ids[self._sent_tokens:]
+            self._sent_tokens = len(self.output_token_ids)
+            if logprobs is not None:
+                logprobs = logprobs[self._sent_logprobs:]
+                self._sent_logprobs = len(self.logprobs)
+        completion = CompletionOutput(
+            index=0, text=text, token_ids=list(token_ids), cumulative_logprob=self.cumulative_logprob,
+            logprobs=list(logprobs) if logprobs is not None else None,
+            finish_reason=self.finish_reason, stop_reason=self.stop_reason)
+        return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, [completion], finished,
+                             metrics=self.metrics, num_cached_tokens=self.num_cached_tokens)
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.states: dict[str, RequestState] = {}
+
+    def add_request(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
+                    params: SamplingParams, arrival_time: float) -> None:
+        detok = IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params) if self.tokenizer else None
+        self.states[request_id] = RequestState(
+            request_id, prompt, prompt_token_ids, params, detok, RequestMetrics(arrival_time),
+            logprobs=[] if params.logprobs is not None else None,
+            cumulative_logprob=0.0 if params.logprobs is not None else None,
+        )
+
+    def abort_requests(self, request_ids: list[str]) -> None:
+        for req_id in request_ids:
+            self.states.pop(req_id, None)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.states)
+
+    def process_outputs(self, outputs: list[EngineCoreOutput]) -> tuple[list[RequestOutput], list[str]]:
+        """Returns the user outputs and the ids the core must abort (stopped by a stop string)."""
+        request_outputs, to_abort = [], []
+        now = time.time()
+        for out in outputs:
+            state = self.states.get(out.request_id)
+            if state is None:
+                continue  # aborted meanwhile
+            if state.metrics.first_token_time is None:
+                state.metrics.first_token_time = now
+            state.metrics.last_token_time = now
+            state.output_token_ids.extend(out.new_token_ids)
+            state.num_cached_tokens = out.num_cached_tokens
+            if state.logprobs is not None:
+                self._add_logprobs(state, out.new_logprobs)
+            state.finish_reason, state.stop_reason = out.finish_reason, out.stop_reason
+            if state.detokenizer is not None:
+                stop_terminated = out.finish_reason == "stop" and not isinstance(out.stop_reason, str)
+                stop_string = state.detokenizer.update(out.new_token_ids, stop_terminated)
+                if stop_string is not None:
+                    if not out.finished:
+                        to_abort.append(out.request_id)
+                    state.finish_reason, state.stop_reason = "stop", stop_string
+            finished = state.finish_reason is not None
+            if finished:
+                state.metrics.finished_time = now
+                del self.states[out.request_id]
+            request_output = state.make_output(finished)
+            if request_output is not None:
+                request_outputs.append(request_output)
+        return request_outputs, to_abort
+
+    def _add_logprobs(self, state: RequestState, entries: list[LogprobsEntry]) -> None:
+        for entry in entries:
+            position: dict[int, Logprob] = {}
+            for token_id, logprob, rank in zip(entry.token_ids, entry.logprobs, entry.ranks):
+                if token_id not in position:
+                    position[token_id] = Logprob(logprob, rank, self._decode_token(token_id))
+            state.logprobs.append(position)
+            state.cumulative_logprob += entry.logprobs[0]
+
+    def _decode_token(self, token_id: int) -> str | None:
+        return self.tokenizer.decode([token_id]) if self.tokenizer else None

@@ -1,0 +1,1 @@
+"""Entry points: the ``folo`` command line (and the OpenAI-compatible server)."""

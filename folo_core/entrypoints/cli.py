@@ -1,0 +1,88 @@
+"""The ``folo`` command: ``generate`` and ``plugins`` (more subcommands register here)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from folo_core.config import ConfigError, EngineConfig
+from folo_core.models import CheckpointError
+from folo_core.registry import PluginSelectionError
+
+USER_ERRORS = (ConfigError, CheckpointError, PluginSelectionError, FileNotFoundError, ValueError)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from folo_core.engine.llm import LLM
+    from folo_core.sampling_params import SamplingParams
+
+    llm = LLM(**EngineConfig.from_cli_args(args).flat())
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            max_tokens=args.max_tokens)
+    tokenizer = llm.get_tokenizer()
+    use_chat = not args.no_chat and tokenizer is not None and tokenizer.chat_template is not None
+    prompts = [llm.render_chat([{"role": "user", "content": p}]) if use_chat else p for p in args.prompt]
+    for output in llm.generate(prompts, params, use_tqdm=False):
+        print(output.outputs[0].text.strip())
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from folo_core.entrypoints.plugins_report import explain_report, plugins_report
+
+    report = plugins_report()
+    if args.explain:
+        report["explain"] = explain_report(EngineConfig.from_cli_args(args))
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    for plugin in report["plugins"]:
+        status = f"ERROR: {plugin['error']}" if plugin["error"] else ""
+        print(f"{plugin['name']} ({plugin['distribution']} {plugin['version']}) {status}".rstrip())
+        for kind, names in plugin["registered"].items():
+            print(f"    {kind}: {', '.join(names)}")
+    for kind, rows in report.get("explain", {}).items():
+        print(f"\n{kind}:")
+        for row in rows:
+            mark = "->" if row["selected"] else "  "
+            why = "eligible" if not row["reasons"] else "; ".join(row["reasons"])
+            print(f"  {mark} {row['name']} (priority {row['priority']}, plugin {row['plugin']}): {why}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="folo", description="Folo: a plugin-architected LLM inference engine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="Generate text (default model: the embedded SmolLM2-135M-Instruct).")
+    gen.add_argument("prompt", nargs="+", help="Prompt(s); each is sent as a chat user message.")
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--no-chat", action="store_true", help="Send the prompt as raw text, without the chat template.")
+    EngineConfig.add_cli_args(gen)
+    gen.set_defaults(func=_cmd_generate)
+
+    plugins = sub.add_parser("plugins", help="List installed plugins and what they register.")
+    plugins.add_argument("--json", action="store_true", help="Print JSON.")
+    plugins.add_argument("--explain", action="store_true",
+                         help="Show which implementation 'auto' picks here (for --model) and why others are not eligible.")
+    EngineConfig.add_cli_args(plugins)
+    plugins.set_defaults(func=_cmd_plugins)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"folo: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

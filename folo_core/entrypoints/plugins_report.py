@@ -1,0 +1,52 @@
+"""What ``folo plugins`` reports: installed plugins, and ``auto``'s choice per kind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from folo_core.config import EngineConfig, resolve_engine_config
+from folo_core.engine.core import selection_context
+from folo_core.plugins import get_plugin_manager
+from folo_core.registry import SelectionContext
+
+# Config field naming the implementation for each kind that ``auto`` resolves.
+_SELECTED_BY = {
+    "attention_backend": lambda c: c.model.attention_backend,
+    "sampler": lambda c: c.model.sampler,
+    "kv_cache_manager": lambda c: c.cache.kv_cache_manager,
+    "scheduler": lambda c: c.scheduler.scheduler,
+}
+
+
+def plugins_report() -> dict[str, Any]:
+    manager = get_plugin_manager()
+    return {"plugins": [info.as_dict() for info in manager.plugins.values()]}
+
+
+def _context(config: EngineConfig) -> SelectionContext:
+    if config.model.model is None:
+        dtype = config.model.dtype if config.model.dtype != "auto" else "bfloat16"
+        import torch
+
+        return SelectionContext(device=config.model.resolved_device(), dtype=getattr(torch, dtype),
+                                block_size=config.cache.block_size)
+    from folo_core.hf_utils import load_hf_config
+
+    return selection_context(resolve_engine_config(config, load_hf_config(config.model.model)))
+
+
+def explain_report(config: EngineConfig) -> dict[str, list[dict[str, Any]]]:
+    """For each kind: every implementation in ``auto`` order, its ineligibility reasons, the pick."""
+    manager = get_plugin_manager()
+    ctx = _context(config)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for kind, selected_name in _SELECTED_BY.items():
+        wanted = selected_name(config)
+        rows, chosen = [], None
+        for entry, reasons in manager.registry(kind).explain(ctx):
+            if chosen is None and not reasons and wanted in ("auto", entry.name):
+                chosen = entry.name
+            rows.append({"name": entry.name, "plugin": entry.plugin, "priority": entry.priority,
+                         "reasons": reasons, "selected": entry.name == chosen})
+        out[kind] = rows
+    return out

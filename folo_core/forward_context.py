@@ -1,0 +1,36 @@
+"""Per-step state the model's layers read without it being threaded through forward().
+
+The model runner builds the attention metadata once per step and sets it here;
+every ``Attention`` layer reads it. This keeps model definitions free of
+backend-specific arguments (vLLM's ``set_forward_context``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+
+@dataclass
+class ForwardContext:
+    attn_metadata: Any
+
+
+_current: ForwardContext | None = None
+
+
+@contextlib.contextmanager
+def set_forward_context(attn_metadata: Any) -> Iterator[None]:
+    global _current
+    previous, _current = _current, ForwardContext(attn_metadata)
+    try:
+        yield
+    finally:
+        _current = previous
+
+
+def get_forward_context() -> ForwardContext:
+    if _current is None:
+        raise RuntimeError("no forward context: the model must run inside ModelRunner.execute_model")
+    return _current

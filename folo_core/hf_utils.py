@@ -1,0 +1,54 @@
+"""transformers interop: read a checkpoint's config, tokenizer and EOS ids with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from folo_core.models import CheckpointError
+
+
+def load_hf_config(model_path: str) -> Any:
+    path = Path(model_path)
+    if not path.exists():
+        raise CheckpointError(f"model path {model_path!r} does not exist")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"model path {model_path!r} has no config.json (not an HF checkpoint directory)")
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_path)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {model_path}/config.json: {exc}") from None
+
+
+def load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot load a tokenizer from {path!r} ({exc}); pass tokenizer=PATH or skip_tokenizer_init=True"
+        ) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise CheckpointError(f"the tokenizer in {path!r} is not a fast (tokenizers) tokenizer")
+    return tokenizer
+
+
+def _as_set(value: Any) -> set[int]:
+    if value is None:
+        return set()
+    return {int(v) for v in value} if isinstance(value, (list, tuple, set)) else {int(value)}
+
+
+def eos_token_ids(hf_config: Any, tokenizer: Any, model_path: str) -> frozenset[int]:
+    """Every id that ends generation: the tokenizer's EOS plus the generation config's (vLLM)."""
+    ids = _as_set(getattr(hf_config, "eos_token_id", None))
+    if tokenizer is not None:
+        ids |= _as_set(tokenizer.eos_token_id)
+    if (Path(model_path) / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        ids |= _as_set(GenerationConfig.from_pretrained(model_path).eos_token_id)
+    return frozenset(ids)

@@ -1,0 +1,95 @@
+"""``SamplingParams``: vLLM's names, defaults and validation messages."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+_SAMPLING_EPS = 1e-5
+
+
+class RequestOutputKind(enum.Enum):
+    """What each ``RequestOutput`` of a streamed request carries (vLLM semantics)."""
+
+    CUMULATIVE = 0  # everything generated so far
+    DELTA = 1  # only what is new since the previous output
+    FINAL_ONLY = 2  # nothing until the request finishes
+
+
+@dataclass
+class SamplingParams:
+    """How to sample one request; ``temperature=0`` means greedy."""
+
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool = False
+    ignore_eos: bool = False
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    logprobs: int | None = None
+    skip_special_tokens: bool = True
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    # Filled by the engine: the model's EOS ids, honoured unless ``ignore_eos``.
+    _eos_token_ids: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = list(self.stop or [])
+        self.stop_token_ids = [int(t) for t in (self.stop_token_ids or [])]
+        if self.top_k is None or self.top_k < 0:  # vLLM < 0.9 used -1 for "disabled"
+            self.top_k = 0
+        self._verify_args()
+        if self.temperature < _SAMPLING_EPS:
+            # Greedy: the truncation knobs cannot change the argmax.
+            self.top_p, self.top_k, self.min_p = 1.0, 0, 0.0
+
+    def _verify_args(self) -> None:
+        def check(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(msg)
+
+        check(isinstance(self.n, int) and self.n >= 1, f"n must be at least 1, got {self.n}.")
+        check(-2.0 <= self.presence_penalty <= 2.0,
+              f"presence_penalty must be in [-2, 2], got {self.presence_penalty}.")
+        check(-2.0 <= self.frequency_penalty <= 2.0,
+              f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}.")
+        check(self.repetition_penalty > 0.0,
+              f"repetition_penalty must be greater than zero, got {self.repetition_penalty}.")
+        check(self.temperature >= 0.0, f"temperature must be non-negative, got {self.temperature}.")
+        check(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}.")
+        check(isinstance(self.top_k, int), f"top_k must be an integer, got {self.top_k!r}.")
+        check(0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1], got {self.min_p}.")
+        check(self.max_tokens is None or self.max_tokens >= 1,
+              f"max_tokens must be at least 1, got {self.max_tokens}.")
+        check(self.min_tokens >= 0, f"min_tokens must be greater than or equal to 0, got {self.min_tokens}.")
+        check(self.max_tokens is None or self.min_tokens <= self.max_tokens,
+              f"min_tokens must be less than or equal to max_tokens={self.max_tokens}, got {self.min_tokens}.")
+        check(self.logprobs is None or self.logprobs >= 0,
+              f"logprobs must be non-negative, got {self.logprobs}.")
+        check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings.")
+        check(self.seed is None or isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}.")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < _SAMPLING_EPS
+
+    @property
+    def all_stop_token_ids(self) -> frozenset[int]:
+        """Token ids that finish the request: ``stop_token_ids`` plus EOS unless ignored."""
+        eos = frozenset() if self.ignore_eos else self._eos_token_ids
+        return eos | frozenset(self.stop_token_ids)
+
+    def clone(self) -> "SamplingParams":
+        from copy import copy
+
+        return copy(self)

@@ -1,0 +1,1 @@
+"""Scheduler contract and the data it exchanges with the model runner."""

@@ -1,0 +1,165 @@
+"""The scheduler contract plus the bookkeeping every policy shares.
+
+A policy implements ``schedule()``; adding, finishing, applying the runner's
+output and stop checks are the same for all of them and live here.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+from folo_core.config import CacheConfig, SchedulerConfig
+from folo_core.kv_cache.interface import KVCacheManager
+from folo_core.request import Request, RequestStatus
+from folo_core.sched.output import (
+    CachedRequestData,
+    EngineCoreOutput,
+    ModelRunnerOutput,
+    NewRequestData,
+    SchedulerOutput,
+)
+
+
+def check_stop(request: Request, new_token_id: int) -> bool:
+    """Set the finished status if ``new_token_id`` ends the request (EOS, stop id, length)."""
+    params = request.sampling_params
+    if request.num_output_tokens >= params.min_tokens and new_token_id in params.all_stop_token_ids:
+        request.status = RequestStatus.FINISHED_STOPPED
+        if new_token_id in params.stop_token_ids:
+            request.stop_reason = new_token_id
+        return True
+    if request.num_output_tokens >= request.max_tokens:
+        request.status = RequestStatus.FINISHED_LENGTH_CAPPED
+        return True
+    return False
+
+
+class Scheduler(ABC):
+    """Decides each step which requests run and how many tokens each gets."""
+
+    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig,
+                 kv_cache_manager: KVCacheManager) -> None:
+        self.scheduler_config = scheduler_config
+        self.cache_config = cache_config
+        self.kv_cache_manager = kv_cache_manager
+        self.requests: dict[str, Request] = {}
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        # Requests the runner holds state for (scheduled since their last (re)start).
+        self._runner_known: set[str] = set()
+        self._finished_req_ids: set[str] = set()
+        self._preempted_req_ids: set[str] = set()
+        self._sent_blocks: dict[str, int] = {}  # block ids the runner has been told about
+        self.first_scheduled_time: dict[str, float] = {}
+
+    # -- the policy -------------------------------------------------------
+
+    @abstractmethod
+    def schedule(self) -> SchedulerOutput:
+        """Pick this step's requests and token counts; allocate their KV slots."""
+
+    # -- shared bookkeeping -------------------------------------------------
+
+    def add_request(self, request: Request) -> None:
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def finish_requests(self, request_ids: str | Iterable[str], status: RequestStatus) -> None:
+        """Finish (e.g. abort) requests from outside; their blocks are freed at once."""
+        if isinstance(request_ids, str):
+            request_ids = (request_ids,)
+        for req_id in request_ids:
+            request = self.requests.get(req_id)
+            if request is None or request.is_finished():
+                continue
+            if request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+            else:
+                self.waiting.remove(request)
+            request.status = status
+            self._free_request(request)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def _free_request(self, request: Request) -> None:
+        self.kv_cache_manager.free(request)
+        self._sent_blocks.pop(request.request_id, None)
+        if request.request_id in self._runner_known:
+            self._runner_known.discard(request.request_id)
+            self._finished_req_ids.add(request.request_id)
+        del self.requests[request.request_id]
+        self.first_scheduled_time.pop(request.request_id, None)
+
+    def _preempt(self, request: Request) -> None:
+        """Recompute preemption: drop its KV, send it to the front of the waiting queue."""
+        self.kv_cache_manager.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self._sent_blocks.pop(request.request_id, None)
+        if request.request_id in self._runner_known:
+            self._runner_known.discard(request.request_id)
+            self._preempted_req_ids.add(request.request_id)
+        self.waiting.insert(0, request)
+
+    def _make_output(self, scheduled: list[tuple[Request, int]]) -> SchedulerOutput:
+        """Package a decision; ``scheduled`` = (request, tokens) with KV already allocated."""
+        new_reqs, cached_reqs, num_tokens = [], [], {}
+        now = time.time()
+        for request, n in scheduled:
+            req_id = request.request_id
+            num_tokens[req_id] = n
+            self.first_scheduled_time.setdefault(req_id, now)
+            if req_id in self._runner_known:
+                cached_reqs.append(CachedRequestData(
+                    req_id, self._new_block_ids(request), request.num_computed_tokens))
+            else:
+                self._runner_known.add(req_id)
+                block_ids = self.kv_cache_manager.get_block_ids(req_id)
+                self._sent_blocks[req_id] = len(block_ids)
+                new_reqs.append(NewRequestData(
+                    req_id, list(request.all_token_ids), request.num_prompt_tokens,
+                    request.sampling_params, list(block_ids), request.num_computed_tokens))
+        output = SchedulerOutput(
+            new_reqs, cached_reqs, num_tokens, sum(num_tokens.values()),
+            self._finished_req_ids, self._preempted_req_ids,
+        )
+        self._finished_req_ids, self._preempted_req_ids = set(), set()
+        return output
+
+    def _new_block_ids(self, request: Request) -> list[int]:
+        block_ids = self.kv_cache_manager.get_block_ids(request.request_id)
+        sent = self._sent_blocks.get(request.request_id, 0)
+        self._sent_blocks[request.request_id] = len(block_ids)
+        return list(block_ids[sent:])
+
+    def update_from_output(self, scheduler_output: SchedulerOutput,
+                           runner_output: ModelRunnerOutput) -> list[EngineCoreOutput]:
+        """Advance computed tokens, append sampled tokens, finish and free stopped requests."""
+        outputs: list[EngineCoreOutput] = []
+        for req_id, n in scheduler_output.num_scheduled_tokens.items():
+            request = self.requests.get(req_id)
+            if request is None or request.is_finished():
+                continue  # aborted while the step ran
+            request.num_computed_tokens += n
+            token = runner_output.sampled_token_ids.get(req_id)
+            if token is None:
+                continue  # mid-prefill: nothing sampled yet
+            request.append_output_token_ids([token])
+            stopped = check_stop(request, token)
+            logprobs = runner_output.logprobs.get(req_id)
+            outputs.append(EngineCoreOutput(
+                req_id, [token], [logprobs] if logprobs else [],
+                request.get_finished_reason(), request.stop_reason,
+                max(request.num_cached_tokens, 0),
+            ))
+            if stopped:
+                self.running.remove(request)
+                self._free_request(request)
+        return outputs

@@ -1,0 +1,76 @@
+"""What one scheduling decision tells the model runner, and what comes back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from folo_core.sampling_params import SamplingParams
+
+
+@dataclass
+class NewRequestData:
+    """A request the runner has no state for: first scheduled, or resumed after preemption."""
+
+    req_id: str
+    token_ids: list[int]  # prompt + outputs so far (outputs only after a preemption)
+    num_prompt_tokens: int
+    sampling_params: SamplingParams
+    block_ids: list[int]
+    num_computed_tokens: int
+
+
+@dataclass
+class CachedRequestData:
+    """A request the runner already holds; only what changed since the last step."""
+
+    req_id: str
+    new_block_ids: list[int]
+    num_computed_tokens: int
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled_new_reqs: list[NewRequestData]
+    scheduled_cached_reqs: list[CachedRequestData]
+    num_scheduled_tokens: dict[str, int]
+    total_num_scheduled_tokens: int
+    finished_req_ids: set[str] = field(default_factory=set)  # runner drops their state
+    preempted_req_ids: set[str] = field(default_factory=set)  # likewise; they return as new
+
+    @property
+    def is_empty(self) -> bool:
+        return self.total_num_scheduled_tokens == 0
+
+
+@dataclass
+class LogprobsEntry:
+    """Top logprobs of one sampled position; index 0 is the sampled token itself."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    ranks: list[int]  # rank of each token in the distribution (1 = most likely)
+
+
+@dataclass
+class ModelRunnerOutput:
+    """Sampled tokens of the requests that finished their scheduled prompt/decode tokens.
+
+    Requests in the middle of a chunked prefill sample nothing and are absent.
+    """
+
+    sampled_token_ids: dict[str, int]
+    logprobs: dict[str, LogprobsEntry] = field(default_factory=dict)
+
+
+@dataclass
+class EngineCoreOutput:
+    request_id: str
+    new_token_ids: list[int]
+    new_logprobs: list[LogprobsEntry] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    num_cached_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

@@ -1,0 +1,199 @@
+"""The model runner: one flat, unpadded batch per step through the model and sampler.
+
+Each step it applies the scheduler's decision to its persistent ``InputBatch``,
+builds token ids, positions, slot mapping, query start locations, sequence
+lengths and block tables with vectorised numpy, builds the attention metadata
+once, runs the model, and samples only at the last scheduled token of each
+request that has caught up with its tokens.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from folo_core.attention.backend import AttentionBackend, CommonAttentionMetadata
+from folo_core.attention.layer import Attention
+from folo_core.config import EngineConfig
+from folo_core.forward_context import set_forward_context
+from folo_core.logger import init_logger
+from folo_core.models import ModelLoadContext, ModelLoader
+from folo_core.quantization import QuantizationConfig
+from folo_core.sample.interface import Sampler
+from folo_core.sched.output import LogprobsEntry, ModelRunnerOutput, SchedulerOutput
+from folo_core.utils import cdiv
+from folo_core.worker.input_batch import InputBatch
+
+logger = init_logger(__name__)
+
+_CPU_KV_CACHE_CAP = 4 << 30
+
+
+def _available_host_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zeroed tensor; on CPU backed by calloc'd pages, so untouched KV blocks cost no time or RSS."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    raw = np.zeros(shape, dtype={1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}[itemsize])
+    return torch.from_numpy(raw).view(dtype)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, attn_backend: type[AttentionBackend], sampler: Sampler,
+                 model_loader: ModelLoader, quant_config: QuantizationConfig | None = None) -> None:
+        self.config = config
+        self.device = torch.device(config.model.resolved_device())
+        self.dtype = config.model.torch_dtype
+        self.block_size = config.cache.block_size
+        self.max_model_len = config.model.max_model_len
+        self.attn_backend = attn_backend
+        self.sampler = sampler
+        torch.manual_seed(config.model.seed)
+        self.model = model_loader(ModelLoadContext(
+            model_path=config.model.model, hf_config=config.model.hf_config, dtype=self.dtype,
+            device=self.device, attn_backend=attn_backend, quant_config=quant_config))
+        self.attn_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
+        self.attn_metadata_builder = attn_backend.get_builder_cls()(attn_backend, self.device)
+        self.input_batch: InputBatch | None = None
+        self.num_blocks = 0
+
+    # -- KV cache -----------------------------------------------------------
+
+    def kv_cache_block_bytes(self) -> int:
+        """Bytes one block takes across all layers."""
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        total = 0
+        for layer in self.attn_layers:
+            shape = self.attn_backend.get_kv_cache_shape(1, self.block_size, layer.num_kv_heads, layer.head_size)
+            total += int(np.prod(shape)) * itemsize
+        return total
+
+    def determine_num_blocks(self) -> int:
+        cache = self.config.cache
+        if cache.num_gpu_blocks_override is not None:
+            return cache.num_gpu_blocks_override
+        block_bytes = self.kv_cache_block_bytes()
+        budget = cache.kv_cache_memory_bytes
+        if budget is None:
+            if self.device.type == "cuda":
+                budget = int(torch.cuda.mem_get_info(self.device)[0] * 0.8)
+            else:
+                budget = min(_CPU_KV_CACHE_CAP, int(_available_host_memory() * 0.4))
+            # No point holding more than every running request at full length needs.
+            useful = self.config.scheduler.max_num_seqs * cdiv(self.max_model_len, self.block_size) * block_bytes
+            budget = min(budget, useful)
+        num_blocks = budget // block_bytes
+        if num_blocks < 1:
+            raise ValueError(f"kv_cache_memory_bytes={budget} is smaller than one KV block ({block_bytes} bytes)")
+        return int(num_blocks)
+
+    def initialize_kv_cache(self, num_blocks: int) -> None:
+        """Allocate every layer's cache once and bind it to the layer."""
+        self.num_blocks = num_blocks
+        for layer in self.attn_layers:
+            shape = self.attn_backend.get_kv_cache_shape(num_blocks, self.block_size, layer.num_kv_heads,
+                                                         layer.head_size)
+            layer.kv_cache = zeros(shape, self.dtype, self.device)
+        self.input_batch = InputBatch(
+            max_num_reqs=self.config.scheduler.max_num_seqs,
+            max_model_len=self.max_model_len,
+            max_blocks_per_req=cdiv(self.max_model_len, self.block_size),
+            device=self.device,
+        )
+        logger.info("KV cache: %d blocks of %d tokens (%.1f MiB)", num_blocks, self.block_size,
+                    num_blocks * self.kv_cache_block_bytes() / 2**20)
+
+    # -- one step ---------------------------------------------------------------
+
+    def _update_states(self, so: SchedulerOutput) -> None:
+        batch = self.input_batch
+        for req_id in so.finished_req_ids | so.preempted_req_ids:
+            batch.remove_request(req_id)
+        for data in so.scheduled_new_reqs:
+            batch.remove_request(data.req_id)
+            batch.add_request(data)
+        for data in so.scheduled_cached_reqs:
+            row = batch.req_id_to_index[data.req_id]
+            batch.num_computed_tokens[row] = data.num_computed_tokens
+            if data.new_block_ids:
+                batch.append_blocks(row, data.new_block_ids)
+
+    @torch.inference_mode()
+    def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
+        self._update_states(so)
+        if so.total_num_scheduled_tokens == 0:
+            return ModelRunnerOutput(sampled_token_ids={})
+        batch = self.input_batch
+        req_ids = list(so.num_scheduled_tokens)
+        rows = np.fromiter((batch.req_id_to_index[r] for r in req_ids), dtype=np.int64, count=len(req_ids))
+        num_sched = np.fromiter(so.num_scheduled_tokens.values(), dtype=np.int64, count=len(req_ids))
+
+        cu = np.cumsum(num_sched)
+        starts = cu - num_sched
+        token_req = np.repeat(np.arange(len(rows)), num_sched)
+        computed = batch.num_computed_tokens[rows]
+        positions = computed[token_req] + (np.arange(cu[-1]) - starts[token_req])
+        input_ids = batch.token_ids[rows[token_req], positions]
+        seq_lens = computed + num_sched
+        max_blocks = cdiv(int(seq_lens.max()), self.block_size)
+        block_table = batch.block_table[rows, :max_blocks]
+        slot_mapping = (block_table[token_req, positions // self.block_size].astype(np.int64) * self.block_size
+                        + positions % self.block_size)
+        samples = seq_lens >= batch.num_tokens[rows]
+        logits_indices = (cu - 1)[samples]
+
+        device = self.device
+        query_start_loc = torch.from_numpy(np.concatenate([[0], cu]).astype(np.int32))
+        seq_lens_t = torch.from_numpy(seq_lens.astype(np.int32))
+        common = CommonAttentionMetadata(
+            query_start_loc=query_start_loc.to(device),
+            query_start_loc_cpu=query_start_loc,
+            seq_lens=seq_lens_t.to(device),
+            seq_lens_cpu=seq_lens_t,
+            num_computed_tokens_cpu=torch.from_numpy(computed.astype(np.int32)),
+            block_table=torch.from_numpy(block_table).to(device),
+            slot_mapping=torch.from_numpy(slot_mapping).to(device),
+            num_reqs=len(rows),
+            num_actual_tokens=int(cu[-1]),
+            max_query_len=int(num_sched.max()),
+            max_seq_len=int(seq_lens.max()),
+            block_size=self.block_size,
+        )
+        attn_metadata = self.attn_metadata_builder.build(common)
+        with set_forward_context(attn_metadata):
+            hidden = self.model(torch.from_numpy(input_ids).to(device), torch.from_numpy(positions).to(device))
+        if not len(logits_indices):
+            return ModelRunnerOutput(sampled_token_ids={})
+        logits = self.model.compute_logits(hidden[torch.from_numpy(logits_indices).to(device)]).float()
+        sample_rows = rows[samples]
+        sampler_output = self.sampler(logits, batch.sampling_metadata(sample_rows))
+        return self._collect(sample_rows, sampler_output)
+
+    def _collect(self, sample_rows: np.ndarray, out) -> ModelRunnerOutput:
+        batch = self.input_batch
+        tokens = out.sampled_token_ids.tolist()
+        result = ModelRunnerOutput(sampled_token_ids={})
+        want = batch.num_logprobs[sample_rows]
+        if out.logprobs is not None:
+            lp_ids, lps, ranks = out.logprob_token_ids.tolist(), out.logprobs.tolist(), out.ranks.tolist()
+        for i, (row, token) in enumerate(zip(sample_rows.tolist(), tokens)):
+            req_id = batch.req_ids[row]
+            batch.append_token(row, token)
+            result.sampled_token_ids[req_id] = token
+            if want[i] >= 0:
+                k = int(want[i]) + 1
+                result.logprobs[req_id] = LogprobsEntry(lp_ids[i][:k], lps[i][:k], ranks[i][:k])
+        return result

@@ -1,0 +1,1 @@
+"""Model definitions (one decoder for Llama, Qwen2 and Qwen3) and weight loading."""

@@ -1,0 +1,228 @@
+"""One decoder-only transformer for Llama, Qwen2/2.5 and Qwen3.
+
+The three differ only in switches read from the HF config: bias on q/k/v (Qwen2),
+RMSNorm on q and k per head (Qwen3), explicit ``head_dim``, tied embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from folo_core.attention.layer import Attention
+from folo_core.models import CheckpointError, ModelLoadContext
+from folo_core.quantization import QuantizationConfig
+from folo_models.layers.activation import SiluAndMul
+from folo_models.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from folo_models.layers.layernorm import RMSNorm
+from folo_models.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from folo_models.layers.rotary_embedding import RotaryEmbedding
+from folo_models.weights import default_weight_loader, iterate_weights
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """The architecture switches, read once from the HF config."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position: int
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    qk_norm: bool
+    tie_word_embeddings: bool
+
+    @classmethod
+    def from_hf_config(cls, arch: str, cfg: Any, max_position: int) -> "DecoderSpec":
+        if getattr(cfg, "hidden_act", "silu") != "silu":
+            raise CheckpointError(f"hidden_act {cfg.hidden_act!r} is not supported (only 'silu')")
+        layer_types = getattr(cfg, "layer_types", None) or []
+        if getattr(cfg, "use_sliding_window", False) or any(t != "full_attention" for t in layer_types):
+            raise CheckpointError("sliding-window attention layers are not supported")
+        attention_bias = bool(getattr(cfg, "attention_bias", False))
+        num_heads = cfg.num_attention_heads
+        return cls(
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_layers=cfg.num_hidden_layers,
+            num_heads=num_heads,
+            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or num_heads,
+            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // num_heads,
+            rms_norm_eps=cfg.rms_norm_eps,
+            max_position=max_position,
+            qkv_bias=True if arch == "Qwen2ForCausalLM" else attention_bias,
+            o_bias=False if arch == "Qwen2ForCausalLM" else attention_bias,
+            mlp_bias=bool(getattr(cfg, "mlp_bias", False)),
+            qk_norm=arch == "Qwen3ForCausalLM",
+            tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+        )
+
+
+class DecoderAttention(nn.Module):
+    def __init__(self, spec: DecoderSpec, rotary_emb: RotaryEmbedding, ctx: ModelLoadContext, prefix: str) -> None:
+        super().__init__()
+        self.spec = spec
+        self.q_size = spec.num_heads * spec.head_dim
+        self.kv_size = spec.num_kv_heads * spec.head_dim
+        quant = ctx.quant_config
+        self.qkv_proj = QKVParallelLinear(spec.hidden_size, spec.head_dim, spec.num_heads, spec.num_kv_heads,
+                                          spec.qkv_bias, quant, f"{prefix}.qkv_proj", ctx.dtype)
+        self.o_proj = RowParallelLinear(self.q_size, spec.hidden_size, spec.o_bias, quant,
+                                        f"{prefix}.o_proj", ctx.dtype)
+        if spec.qk_norm:
+            self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps)
+            self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps)
+        self.rotary_emb = rotary_emb  # one table shared by all layers
+        self.attn = Attention(ctx.attn_backend, spec.num_heads, spec.head_dim, spec.head_dim ** -0.5,
+                              spec.num_kv_heads, prefix=f"{prefix}.attn")
+
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        q, k, v = self.qkv_proj(hidden_states).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.reshape(-1, spec.num_heads, spec.head_dim)
+        k = k.reshape(-1, spec.num_kv_heads, spec.head_dim)
+        if spec.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary_emb(positions, q, k)
+        return self.o_proj(self.attn(q.flatten(1), k.flatten(1), v))
+
+
+class DecoderMLP(nn.Module):
+    def __init__(self, spec: DecoderSpec, quant: QuantizationConfig | None, prefix: str, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.gate_up_proj = MergedColumnParallelLinear(spec.hidden_size, [spec.intermediate_size] * 2,
+                                                       spec.mlp_bias, quant, f"{prefix}.gate_up_proj", dtype)
+        self.down_proj = RowParallelLinear(spec.intermediate_size, spec.hidden_size, spec.mlp_bias,
+                                           quant, f"{prefix}.down_proj", dtype)
+        self.act_fn = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, spec: DecoderSpec, rotary_emb: RotaryEmbedding, ctx: ModelLoadContext, prefix: str) -> None:
+        super().__init__()
+        self.self_attn = DecoderAttention(spec, rotary_emb, ctx, f"{prefix}.self_attn")
+        self.mlp = DecoderMLP(spec, ctx.quant_config, f"{prefix}.mlp", ctx.dtype)
+        self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+
+    def forward(self, positions, hidden_states, residual):
+        if residual is None:
+            residual, hidden_states = hidden_states, self.input_layernorm(hidden_states)
+        else:
+            hidden_states, residual = self.input_layernorm(hidden_states, residual)
+        hidden_states = self.self_attn(positions, hidden_states)
+        hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
+        return self.mlp(hidden_states), residual
+
+
+class DecoderModel(nn.Module):
+    def __init__(self, spec: DecoderSpec, hf_config: Any, ctx: ModelLoadContext) -> None:
+        super().__init__()
+        self.embed_tokens = VocabParallelEmbedding(spec.vocab_size, spec.hidden_size, ctx.dtype)
+        rotary_emb = RotaryEmbedding(hf_config, spec.head_dim, spec.max_position)
+        self.layers = nn.ModuleList(
+            DecoderLayer(spec, rotary_emb, ctx, f"model.layers.{i}") for i in range(spec.num_layers))
+        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden_states, residual = self.embed_tokens(input_ids), None
+        for layer in self.layers:
+            hidden_states, residual = layer(positions, hidden_states, residual)
+        hidden_states, _ = self.norm(hidden_states, residual)
+        return hidden_states
+
+
+# HF checkpoint name fragment -> (our fused parameter fragment, shard id).
+STACKED_PARAMS = (
+    (".q_proj.", ".qkv_proj.", "q"),
+    (".k_proj.", ".qkv_proj.", "k"),
+    (".v_proj.", ".qkv_proj.", "v"),
+    (".gate_proj.", ".gate_up_proj.", 0),
+    (".up_proj.", ".gate_up_proj.", 1),
+)
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class DecoderForCausalLM(nn.Module):
+    def __init__(self, arch: str, ctx: ModelLoadContext) -> None:
+        super().__init__()
+        hf_config = ctx.hf_config
+        max_position = max(getattr(hf_config, "max_position_embeddings", 0) or 0, 1)
+        self.spec = DecoderSpec.from_hf_config(arch, hf_config, max_position)
+        self.model = DecoderModel(self.spec, hf_config, ctx)
+        self.lm_head = ParallelLMHead(self.spec.vocab_size, self.spec.hidden_size, ctx.dtype)
+        if self.spec.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, positions)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.lm_head.compute_logits(hidden_states)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load HF-named tensors into the fused parameters; every gap is an error."""
+        params = dict(self.named_parameters(remove_duplicate=False))
+        expected = self._expected_tensors(params)
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if name.endswith(IGNORED_SUFFIXES) or (self.spec.tie_word_embeddings and name == "lm_head.weight"):
+                continue
+            if name not in expected:
+                raise CheckpointError(f"checkpoint tensor {name!r} does not belong to this model")
+            param_name, shard_id = expected[name]
+            param = params[param_name]
+            loader = getattr(param, "weight_loader", default_weight_loader)
+            try:
+                loader(param, tensor, shard_id)
+            except CheckpointError as exc:
+                raise CheckpointError(f"checkpoint tensor {name!r}: {exc}") from None
+            loaded.add(name)
+        missing = sorted(set(expected) - loaded)
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise CheckpointError(f"checkpoint is missing tensor(s): {shown}")
+        for module in self.modules():
+            method = getattr(module, "quant_method", None)
+            if method is not None:
+                method.process_weights_after_loading(module)
+
+    def _expected_tensors(self, params: dict[str, nn.Parameter]) -> dict[str, tuple[str, str | int | None]]:
+        """HF tensor name -> (our parameter name, fused shard id)."""
+        expected: dict[str, tuple[str, str | int | None]] = {}
+        for param_name in params:
+            if self.spec.tie_word_embeddings and param_name == "lm_head.weight":
+                continue
+            fused = [(hf, ours, shard) for hf, ours, shard in STACKED_PARAMS if ours in param_name]
+            if not fused:
+                expected[param_name] = (param_name, None)
+            for hf, ours, shard in fused:
+                expected[param_name.replace(ours, hf)] = (param_name, shard)
+        return expected
+
+
+def load_decoder(arch: str, ctx: ModelLoadContext) -> DecoderForCausalLM:
+    """Build the model on the target device in the target dtype and load its weights."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(ctx.dtype)  # norms and other plain parameters follow the model dtype
+    try:
+        with torch.device(ctx.device):
+            model = DecoderForCausalLM(arch, ctx)
+    finally:
+        torch.set_default_dtype(previous)
+    model.load_weights(iterate_weights(ctx.model_path))
+    return model.eval()

@@ -1,0 +1,1 @@
+"""Building blocks of the model definitions, written so tensor parallelism can slot in."""

@@ -1,0 +1,125 @@
+"""Linear layers whose weights a quantization method creates and applies.
+
+Shaped after vLLM/nano-vllm's tensor-parallel linears: column-parallel layers
+split the output dimension across ranks, the row-parallel one the input. With
+one rank (today) the split is the identity, but the weight loaders already take
+the rank's slice, so tensor parallelism can slot in without touching the models.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from folo_core.models import CheckpointError
+from folo_core.quantization import QuantizationConfig, QuantizationMethod, UnquantizedLinearMethod
+from folo_models.weights import default_weight_loader
+
+
+def tp_rank_and_size() -> tuple[int, int]:
+    """This process's tensor-parallel rank and world size (single process for now)."""
+    return 0, 1
+
+
+class LinearBase(nn.Module):
+    """``y = x W^T + b`` through the layer's quantization method."""
+
+    split_output = False
+    split_input = False
+    shard_names: tuple[str | int, ...] = ()  # fused shards, in output order
+
+    def __init__(self, input_size: int, output_sizes: list[int], bias: bool,
+                 quant_config: QuantizationConfig | None, prefix: str, params_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.tp_rank, self.tp_size = tp_rank_and_size()
+        self.prefix = prefix
+        self.input_size_per_partition = input_size // self.tp_size if self.split_input else input_size
+        self.output_partition_sizes = [s // self.tp_size if self.split_output else s for s in output_sizes]
+        method = quant_config.get_quant_method(self, prefix) if quant_config else None
+        self.quant_method: QuantizationMethod = method or UnquantizedLinearMethod()
+        self.quant_method.create_weights(self, self.input_size_per_partition, self.output_partition_sizes,
+                                         params_dtype, self.weight_loader)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(sum(self.output_partition_sizes), dtype=params_dtype),
+                                     requires_grad=False)
+            self.bias.output_dim = 0
+            self.bias.weight_loader = self.weight_loader
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant_method.apply(self, x, self.bias)
+
+    def _rank_slice(self, loaded: torch.Tensor, dim: int) -> torch.Tensor:
+        size = loaded.shape[dim] // self.tp_size
+        return loaded.narrow(dim, self.tp_rank * size, size)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | int | None = None) -> None:
+        """Copy a checkpoint tensor (or one fused shard of it) into ``param``."""
+        input_dim = getattr(param, "input_dim", None)
+        if self.split_input and input_dim is not None:
+            loaded = self._rank_slice(loaded, input_dim)
+        output_dim = getattr(param, "output_dim", None)
+        if output_dim is None:
+            # Not split by output (e.g. GPTQ's g_idx): all fused shards must agree.
+            if self.shard_names and shard_id != self.shard_names[0]:
+                if not torch.equal(param.data, loaded.to(param.dtype)):
+                    raise CheckpointError("fused shards disagree on a tensor they must share")
+                return
+            default_weight_loader(param.data, loaded)
+            return
+        if self.split_output:
+            loaded = self._rank_slice(loaded, output_dim)
+        target = param.data
+        if self.shard_names:
+            packed = getattr(param, "packed_factor", 1)
+            index = self.shard_names.index(shard_id)
+            offset = sum(self.output_partition_sizes[:index]) // packed
+            target = target.narrow(output_dim, offset, self.output_partition_sizes[index] // packed)
+        default_weight_loader(target, loaded)
+
+
+class ReplicatedLinear(LinearBase):
+    """Every rank holds the whole weight."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = False,
+                 quant_config: QuantizationConfig | None = None, prefix: str = "",
+                 params_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(input_size, [output_size], bias, quant_config, prefix, params_dtype)
+
+
+class ColumnParallelLinear(ReplicatedLinear):
+    """Output dimension split across ranks."""
+
+    split_output = True
+
+
+class RowParallelLinear(ReplicatedLinear):
+    """Input dimension split across ranks; an all-reduce would follow with several ranks."""
+
+    split_input = True
+
+
+class MergedColumnParallelLinear(LinearBase):
+    """Several column-parallel projections of one input in one matmul (gate/up: shards 0, 1)."""
+
+    split_output = True
+
+    def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False,
+                 quant_config: QuantizationConfig | None = None, prefix: str = "",
+                 params_dtype: torch.dtype = torch.float32) -> None:
+        self.shard_names = tuple(range(len(output_sizes)))
+        super().__init__(input_size, output_sizes, bias, quant_config, prefix, params_dtype)
+
+
+class QKVParallelLinear(LinearBase):
+    """Fused q/k/v projection; shards "q", "k", "v"."""
+
+    split_output = True
+    shard_names = ("q", "k", "v")
+
+    def __init__(self, hidden_size: int, head_size: int, num_heads: int, num_kv_heads: int,
+                 bias: bool = False, quant_config: QuantizationConfig | None = None, prefix: str = "",
+                 params_dtype: torch.dtype = torch.float32) -> None:
+        sizes = [num_heads * head_size, num_kv_heads * head_size, num_kv_heads * head_size]
+        super().__init__(hidden_size, sizes, bias, quant_config, prefix, params_dtype)

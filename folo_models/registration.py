@@ -1,0 +1,16 @@
+"""Plugin ``models``: registers the decoder for every architecture it covers."""
+
+from __future__ import annotations
+
+import functools
+
+from folo_core.hookspecs import hookimpl
+from folo_models.decoder import load_decoder
+
+ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+
+
+@hookimpl
+def register_models(register):
+    for arch in ARCHITECTURES:
+        register(arch, functools.partial(load_decoder, arch))

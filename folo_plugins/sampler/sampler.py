@@ -1,0 +1,123 @@
+"""The default sampler, vectorised over the batch with per-row parameters.
+
+Order (vLLM v1): raw logprobs -> min_tokens ban -> penalties -> greedy argmax, or
+temperature -> min-p -> top-k/top-p -> an exponential race that lets seeded rows
+draw from their own generator.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from folo_core.sample.interface import Sampler, SamplerOutput
+from folo_core.sample.metadata import SamplingMetadata
+
+_EPS = 1e-5
+
+
+def apply_min_tokens(logits: torch.Tensor, banned: dict[int, list[int]]) -> torch.Tensor:
+    for row, token_ids in banned.items():
+        logits[row, token_ids] = float("-inf")
+    return logits
+
+
+def _token_mask(token_lists: list[list[int]], vocab_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row counts and presence of token ids over the vocabulary."""
+    counts = torch.zeros(len(token_lists), vocab_size + 1, dtype=torch.float32, device=device)
+    width = max((len(t) for t in token_lists), default=0)
+    if width:
+        ids = torch.full((len(token_lists), width), vocab_size, dtype=torch.long)
+        for i, tokens in enumerate(token_lists):
+            ids[i, :len(tokens)] = torch.as_tensor(tokens, dtype=torch.long)
+        counts.scatter_add_(1, ids.to(device), torch.ones(ids.shape, device=device))
+    counts = counts[:, :vocab_size]  # the last column collected the padding
+    return counts, counts > 0
+
+
+def apply_penalties(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+    """Repetition (prompt + output, HF/vLLM), then frequency and presence (output only)."""
+    vocab = logits.shape[1]
+    output_counts, output_mask = _token_mask(md.output_token_ids, vocab, logits.device)
+    _, prompt_mask = _token_mask(md.prompt_token_ids, vocab, logits.device)
+    rep = md.repetition_penalties.unsqueeze(1)
+    seen = prompt_mask | output_mask
+    penalised = torch.where(logits > 0, logits / rep, logits * rep)
+    logits = torch.where(seen, penalised, logits)
+    logits = logits - md.frequency_penalties.unsqueeze(1) * output_counts
+    logits = logits - md.presence_penalties.unsqueeze(1) * output_mask.float()
+    return logits
+
+
+def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    probs = logits.softmax(dim=-1)
+    threshold = probs.max(dim=-1, keepdim=True).values * min_p.unsqueeze(1)
+    return logits.masked_fill(probs < threshold, float("-inf"))
+
+
+def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
+    """Mask everything outside the top-k and the top-p nucleus (ties at the k-th value kept)."""
+    sorted_logits, order = logits.sort(dim=-1, descending=False)
+    vocab = logits.shape[1]
+    if top_k is not None:
+        k = torch.where(top_k > 0, top_k, torch.full_like(top_k, vocab)).clamp(max=vocab)
+        kth = sorted_logits.gather(1, (vocab - k).unsqueeze(1))
+        sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
+    if top_p is not None:
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        outside = cumulative <= (1 - top_p.unsqueeze(1))
+        outside[:, -1] = False  # the most likely token always stays
+        sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+def random_sample(probs: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
+    """argmax(p / q) with q ~ Exp(1) draws a token with probability p (the Gumbel trick)."""
+    q = torch.empty_like(probs)
+    if len(generators) < probs.shape[0]:
+        q.exponential_()
+    for row, generator in generators.items():
+        q[row].exponential_(generator=generator)
+    return probs.div(q).argmax(dim=-1)
+
+
+def compute_logprobs(raw_logits: torch.Tensor, sampled: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+    """Sampled token's logprob and rank, followed by the top-k tokens'."""
+    logprobs = raw_logits.log_softmax(dim=-1)
+    sampled_lp = logprobs.gather(1, sampled.unsqueeze(1))
+    sampled_rank = (logprobs >= sampled_lp).sum(dim=-1, keepdim=True)
+    top_lp, top_ids = logprobs.topk(k, dim=-1) if k else (sampled_lp[:, :0], sampled[:, None][:, :0])
+    top_ranks = torch.arange(1, k + 1, device=raw_logits.device).expand(raw_logits.shape[0], k)
+    return (torch.cat([sampled.unsqueeze(1), top_ids], 1),
+            torch.cat([sampled_lp, top_lp], 1),
+            torch.cat([sampled_rank, top_ranks], 1))
+
+
+class DefaultSampler(Sampler):
+    def __call__(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
+        raw_logits = logits if md.max_num_logprobs is not None else None
+        if md.min_tokens_banned:
+            logits = apply_min_tokens(logits.clone(), md.min_tokens_banned)
+        if not md.no_penalties:
+            logits = apply_penalties(logits, md)
+        sampled = self._sample(logits, md)
+        out = SamplerOutput(sampled_token_ids=sampled)
+        if raw_logits is not None:
+            out.logprob_token_ids, out.logprobs, out.ranks = compute_logprobs(
+                raw_logits, sampled, md.max_num_logprobs)
+        return out
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+        greedy = None if md.all_random else logits.argmax(dim=-1)
+        if md.all_greedy:
+            return greedy
+        temperature = torch.where(md.temperature < _EPS, torch.ones_like(md.temperature), md.temperature)
+        logits = logits / temperature.unsqueeze(1)
+        if md.min_p is not None:
+            logits = apply_min_p(logits, md.min_p)
+        if md.top_k is not None or md.top_p is not None:
+            logits = apply_top_k_top_p(logits, md.top_k, md.top_p)
+        sampled = random_sample(logits.softmax(dim=-1), md.generators)
+        if greedy is None:
+            return sampled
+        return torch.where(md.temperature < _EPS, greedy, sampled)

@@ -1,0 +1,64 @@
+"""Shared test helpers: tiny random HF checkpoints and HF reference generation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TINY_CONFIGS: dict[str, dict] = {
+    # GQA 2, tied embeddings, QKV bias.
+    "qwen2": dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
+                  max_position_embeddings=512, tie_word_embeddings=True, rope_theta=10000.0),
+    # GQA 4, explicit head_dim (32, not 64/4), QK-norm, untied.
+    "qwen3": dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", hidden_size=64, intermediate_size=160,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=32, vocab_size=512,
+                  max_position_embeddings=512, tie_word_embeddings=False, rope_theta=1000000.0),
+    # GQA 3, untied, head_dim 16.
+    "llama": dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=96, intermediate_size=192,
+                  num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2, vocab_size=512,
+                  max_position_embeddings=512, tie_word_embeddings=False, rope_theta=10000.0),
+}
+
+
+def build_tiny_model(kind: str, out_dir: Path, seed: int = 0, **overrides) -> Path:
+    """Save a random HF model (float32 safetensors) built from a config and a fixed seed."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = {**TINY_CONFIGS[kind], **overrides}
+    model_type = fields.pop("model_type")
+    config = AutoConfig.for_model(model_type, initializer_range=0.1, **fields)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def hf_greedy(model_path: str | Path, prompts: list[list[int]], max_new_tokens: int,
+              dtype: torch.dtype = torch.float32) -> list[list[int]]:
+    """HF transformers greedy continuation of each prompt (no EOS stop)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype).eval()
+    outputs = []
+    with torch.inference_mode():
+        for ids in prompts:
+            out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                                 do_sample=False, eos_token_id=None, pad_token_id=0)
+            outputs.append(out[0, len(ids):].tolist())
+    return outputs
+
+
+def hf_logits(model_path: str | Path, ids: list[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype).eval()
+    with torch.inference_mode():
+        return model(torch.tensor([ids])).logits[0].float()
+
+
+def random_prompts(n: int, vocab: int, seed: int = 0, min_len: int = 1, max_len: int = 40) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_len, max_len + 1, (n,), generator=g).tolist()
+    return [torch.randint(0, vocab, (n_,), generator=g).tolist() for n_ in lengths]
