@@ -2,8 +2,8 @@
 
 Each step it applies the scheduler's decision to its persistent ``InputBatch``,
 builds token ids, positions, slot mapping, query start locations, sequence
-lengths and block tables with vectorised numpy, builds the attention metadata
-once, runs the model, and samples only at the last scheduled token of each
+lengths and block tables with vectorised numpy (``flat_batch.py``), builds the
+attention metadata once, runs the model, and samples only at the last scheduled token of each
 request that has caught up with its tokens.
 """
 
@@ -14,7 +14,7 @@ import os
 import numpy as np
 import torch
 
-from folo_core.attention.backend import AttentionBackend, CommonAttentionMetadata
+from folo_core.attention.backend import AttentionBackend
 from folo_core.attention.layer import Attention
 from folo_core.config import EngineConfig
 from folo_core.forward_context import set_forward_context
@@ -24,6 +24,7 @@ from folo_core.quantization import QuantizationConfig
 from folo_core.sample.interface import Sampler
 from folo_core.sched.output import LogprobsEntry, ModelRunnerOutput, SchedulerOutput
 from folo_core.utils import cdiv
+from folo_core.worker.flat_batch import build_flat_batch
 from folo_core.worker.input_batch import InputBatch
 
 logger = init_logger(__name__)
@@ -141,40 +142,16 @@ class ModelRunner:
         rows = np.fromiter((batch.req_id_to_index[r] for r in req_ids), dtype=np.int64, count=len(req_ids))
         num_sched = np.fromiter(so.num_scheduled_tokens.values(), dtype=np.int64, count=len(req_ids))
 
-        cu = np.cumsum(num_sched)
-        starts = cu - num_sched
-        token_req = np.repeat(np.arange(len(rows)), num_sched)
         computed = batch.num_computed_tokens[rows]
-        positions = computed[token_req] + (np.arange(cu[-1]) - starts[token_req])
-        input_ids = batch.token_ids[rows[token_req], positions]
-        seq_lens = computed + num_sched
-        max_blocks = cdiv(int(seq_lens.max()), self.block_size)
-        block_table = batch.block_table[rows, :max_blocks]
-        slot_mapping = (block_table[token_req, positions // self.block_size].astype(np.int64) * self.block_size
-                        + positions % self.block_size)
-        samples = seq_lens >= batch.num_tokens[rows]
-        logits_indices = (cu - 1)[samples]
+        flat = build_flat_batch(computed, num_sched, batch.block_table, rows, self.block_size, self.device)
+        input_ids = batch.token_ids[rows[flat.token_req], flat.positions]
+        samples = computed + num_sched >= batch.num_tokens[rows]
+        logits_indices = (np.cumsum(num_sched) - 1)[samples]
 
         device = self.device
-        query_start_loc = torch.from_numpy(np.concatenate([[0], cu]).astype(np.int32))
-        seq_lens_t = torch.from_numpy(seq_lens.astype(np.int32))
-        common = CommonAttentionMetadata(
-            query_start_loc=query_start_loc.to(device),
-            query_start_loc_cpu=query_start_loc,
-            seq_lens=seq_lens_t.to(device),
-            seq_lens_cpu=seq_lens_t,
-            num_computed_tokens_cpu=torch.from_numpy(computed.astype(np.int32)),
-            block_table=torch.from_numpy(block_table).to(device),
-            slot_mapping=torch.from_numpy(slot_mapping).to(device),
-            num_reqs=len(rows),
-            num_actual_tokens=int(cu[-1]),
-            max_query_len=int(num_sched.max()),
-            max_seq_len=int(seq_lens.max()),
-            block_size=self.block_size,
-        )
-        attn_metadata = self.attn_metadata_builder.build(common)
+        attn_metadata = self.attn_metadata_builder.build(flat.attn_metadata)
         with set_forward_context(attn_metadata):
-            hidden = self.model(torch.from_numpy(input_ids).to(device), torch.from_numpy(positions).to(device))
+            hidden = self.model(torch.from_numpy(input_ids).to(device), torch.from_numpy(flat.positions).to(device))
         if not len(logits_indices):
             return ModelRunnerOutput(sampled_token_ids={})
         logits = self.model.compute_logits(hidden[torch.from_numpy(logits_indices).to(device)]).float()
