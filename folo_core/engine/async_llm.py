@@ -1,0 +1,237 @@
+"""``AsyncLLM``: the ``LLMEngine`` step loop on one background thread, streamed to asyncio.
+
+``LLMEngine`` is not thread-safe, so every engine call (add, abort, step, stats)
+runs on the engine thread: callers post commands to a queue (and await a future
+for the result), and the thread runs them between steps. Each step's outputs go
+back to the asyncio queue of their request with ``call_soon_threadsafe``.
+
+Requests are always streamed as DELTA outputs (each carries only new text and
+token ids; the detokenizer holds back split characters and stop-string
+prefixes). Closing or cancelling a ``generate()`` stream aborts the request, so
+its KV blocks are freed at once. A request's own errors (bad prompt, overload)
+raise in its caller; a failing step fails the requests in flight, not the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import queue
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from folo_core.engine.llm_engine import EngineStats, LLMEngine
+from folo_core.engine.processor import PromptType
+from folo_core.engine.stats import IterationStats, RequestStats, StatLoggerBase
+from folo_core.logger import init_logger
+from folo_core.outputs import RequestOutput
+from folo_core.sampling_params import RequestOutputKind, SamplingParams
+
+logger = init_logger(__name__)
+
+T = TypeVar("T")
+
+
+class EngineStepError(RuntimeError):
+    """An engine step failed while this request was in flight; the engine keeps serving."""
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop was shut down."""
+
+
+_ABORTED = object()  # stream item: the request was aborted from outside
+_SHUTDOWN = object()  # command: leave the loop
+
+
+class _RequestStream:
+    """The asyncio side of one request: a queue filled from the engine thread."""
+
+    def __init__(self, arrival_time: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.stats = RequestStats(arrival_time)
+
+    def put(self, item: RequestOutput | BaseException | object) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:
+            pass  # the consumer's event loop is closed: nobody is listening any more
+
+
+class AsyncLLM:
+    def __init__(self, engine: LLMEngine, stat_loggers: Sequence[StatLoggerBase] = ()) -> None:
+        self.engine = engine
+        self.stat_loggers = list(stat_loggers)
+        self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._streams: dict[str, _RequestStream] = {}  # engine thread only
+        self._iteration = IterationStats()  # engine thread only
+        self._thread = threading.Thread(target=self._run_loop, name="folo-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_engine_args(cls, stat_loggers: Sequence[StatLoggerBase] = (), **kwargs: Any) -> "AsyncLLM":
+        return cls(LLMEngine.from_engine_args(**kwargs), stat_loggers)
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread.is_alive()
+
+    def get_tokenizer(self) -> Any:
+        return self.engine.get_tokenizer()
+
+    # ----- asyncio side -----
+
+    async def generate(self, prompt: PromptType, sampling_params: SamplingParams, request_id: str,
+                       priority: int = 0) -> AsyncGenerator[RequestOutput, None]:
+        """Add the request and yield its DELTA outputs until it finishes.
+
+        Errors of ``add_request`` (``ValueError``, ``OverflowError``) raise at the first
+        ``__anext__``; a failed step raises ``EngineStepError``.
+        """
+        params = sampling_params.clone()
+        params.output_kind = RequestOutputKind.DELTA
+        arrival_time = time.time()
+        stream = _RequestStream(arrival_time)
+        added = self._post(self._add_request, request_id, prompt, params, arrival_time, priority, stream)
+        try:
+            await asyncio.wrap_future(added)
+        except asyncio.CancelledError:
+            self._abort_soon(request_id, stream)  # the add may have run anyway
+            raise
+        finished = False
+        try:
+            while not finished:
+                item = await stream.queue.get()
+                if item is _ABORTED:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            if not finished:  # closed early or cancelled: the client is gone
+                self._abort_soon(request_id, stream)
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its KV blocks; its ``generate()`` stream ends."""
+        self._abort_soon(request_id, None)
+
+    async def get_stats(self) -> EngineStats:
+        stats = await asyncio.wrap_future(self._post(self.engine.get_stats))
+        return dataclasses.replace(stats, prefix_cache=dataclasses.replace(stats.prefix_cache))
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        if self._thread.is_alive():
+            self._commands.put(_SHUTDOWN)
+            self._thread.join(timeout)
+
+    def _abort_soon(self, request_id: str, stream: _RequestStream | None) -> None:
+        """Queue an abort without waiting (safe in ``finally``); a dead loop holds nothing to free."""
+        if self._thread.is_alive():
+            self._commands.put((self._abort, (request_id, stream), Future()))
+
+    def _post(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        if not self._thread.is_alive():
+            raise EngineDeadError("the engine loop is not running")
+        future: Future[T] = Future()
+        self._commands.put((fn, args, future))
+        return future
+
+    # ----- engine thread -----
+
+    def _run_loop(self) -> None:
+        while True:
+            try:
+                if not self._run_commands(block=not self.engine.has_unfinished_requests()):
+                    break
+                if self.engine.has_unfinished_requests():
+                    self._step()
+                self._record_stats()
+            except Exception:  # the loop must outlive any single failure
+                logger.exception("unexpected error in the engine loop")
+        error = EngineDeadError("the engine was shut down")
+        for stream in self._streams.values():
+            stream.put(error)
+        self._streams.clear()
+
+    def _run_commands(self, block: bool) -> bool:
+        """Run the queued commands (waiting for one if ``block``); False on shutdown."""
+        try:
+            command = self._commands.get(block=block)
+        except queue.Empty:
+            return True
+        while True:
+            if command is _SHUTDOWN:
+                return False
+            fn, args, future = command
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # handed to the caller, not raised here
+                    future.set_exception(exc)
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _add_request(self, request_id: str, prompt: PromptType, params: SamplingParams, arrival_time: float,
+                     priority: int, stream: _RequestStream) -> None:
+        self.engine.add_request(request_id, prompt, params, arrival_time, priority)
+        self._streams[request_id] = stream
+
+    def _abort(self, request_id: str, stream: _RequestStream | None) -> None:
+        """Abort ``request_id`` (only if it still belongs to ``stream``, when one is given)."""
+        current = self._streams.get(request_id)
+        if current is None or (stream is not None and current is not stream):
+            return
+        self.engine.abort_request(request_id)
+        del self._streams[request_id]
+        self._iteration.finish(current.stats, "abort", time.time())
+        current.put(_ABORTED)
+
+    def _step(self) -> None:
+        try:
+            outputs = self.engine.step()
+        except Exception as exc:
+            self._fail_in_flight(exc)
+            return
+        now = time.time()
+        for output in outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is None:
+                continue
+            self._iteration.update_from_output(output, stream.stats, now)
+            if output.finished:
+                del self._streams[output.request_id]
+            stream.put(output)
+
+    def _fail_in_flight(self, exc: Exception) -> None:
+        request_ids = list(self._streams)
+        logger.error("engine step failed (%r); failing %d request(s) in flight", exc, len(request_ids),
+                     exc_info=exc)
+        try:
+            self.engine.abort_request(request_ids)
+        except Exception:
+            logger.exception("could not abort the failed requests")
+        now = time.time()
+        for request_id in request_ids:
+            stream = self._streams.pop(request_id)
+            self._iteration.finish(stream.stats, "error", now)
+            error = EngineStepError(f"engine step failed: {exc}")
+            error.__cause__ = exc
+            stream.put(error)
+
+    def _record_stats(self) -> None:
+        iteration, self._iteration = self._iteration, IterationStats()
+        if not self.stat_loggers:
+            return
+        engine_stats = self.engine.get_stats()
+        for stat_logger in self.stat_loggers:
+            try:
+                stat_logger.record(engine_stats, iteration)
+            except Exception:
+                logger.exception("stat logger %s failed", type(stat_logger).__name__)

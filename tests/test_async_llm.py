@@ -1,0 +1,212 @@
+"""AsyncLLM: streamed DELTA outputs match the synchronous engine; aborts free blocks; errors stay local."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from folo_core.engine.async_llm import AsyncLLM, EngineStepError
+from folo_core.engine.llm import LLM
+from folo_core.engine.stats import IterationStats, StatLoggerBase
+from folo_core.outputs import RequestOutput
+from folo_core.sampling_params import SamplingParams
+
+ENGINE_ARGS = dict(num_gpu_blocks_override=256, max_model_len=1024)
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "1, 2, 3, 4,"]
+GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+
+
+class RecordingStatLogger(StatLoggerBase):
+    def __init__(self) -> None:
+        self.iterations: list[IterationStats] = []
+
+    def record(self, engine_stats, iteration_stats: IterationStats) -> None:
+        self.iterations.append(iteration_stats)
+
+    def settle(self, llm: AsyncLLM) -> list[IterationStats]:
+        """The iterations so far: a command round trip runs after the previous loop turn was recorded."""
+        asyncio.run(llm.get_stats())
+        return self.iterations
+
+
+@pytest.fixture(scope="module")
+def stat_logger() -> RecordingStatLogger:
+    return RecordingStatLogger()
+
+
+@pytest.fixture(scope="module")
+def async_llm(tiny_chat_model_dir, stat_logger):
+    llm = AsyncLLM.from_engine_args(stat_loggers=[stat_logger], model=str(tiny_chat_model_dir), **ENGINE_ARGS)
+    yield llm
+    llm.shutdown()
+    assert not llm.is_running
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_chat_model_dir) -> dict[str, tuple[str, list[int]]]:
+    """Greedy outputs of the synchronous offline engine, one prompt at a time."""
+    llm = LLM(str(tiny_chat_model_dir), **ENGINE_ARGS)
+    result = {}
+    for prompt in PROMPTS:
+        out = llm.generate(prompt, GREEDY, use_tqdm=False)[0].outputs[0]
+        result[prompt] = (out.text, out.token_ids)
+    return result
+
+
+async def collect(llm: AsyncLLM, prompt, params: SamplingParams, request_id: str) -> list[RequestOutput]:
+    return [out async for out in llm.generate(prompt, params, request_id)]
+
+
+def joined(outputs: list[RequestOutput]) -> tuple[str, list[int]]:
+    return "".join(o.outputs[0].text for o in outputs), [t for o in outputs for t in o.outputs[0].token_ids]
+
+
+async def wait_until_idle(llm: AsyncLLM, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = await llm.get_stats()
+        if stats.num_running == stats.num_waiting == 0 and stats.kv_cache_usage == 0.0:
+            return stats
+        assert time.monotonic() < deadline, f"engine still busy: {stats}"
+        await asyncio.sleep(0.05)
+
+
+def test_concurrent_streams_match_the_sync_engine(async_llm, reference):
+    async def main():
+        return await asyncio.gather(*[collect(async_llm, p, GREEDY, f"cc-{i}") for i, p in enumerate(PROMPTS)])
+
+    for prompt, outputs in zip(PROMPTS, asyncio.run(main())):
+        assert len(outputs) > 1, "the request was not streamed"
+        assert [o.finished for o in outputs] == [False] * (len(outputs) - 1) + [True]
+        assert outputs[-1].outputs[0].finish_reason == "length"
+        assert joined(outputs) == reference[prompt]
+
+
+def test_stop_string_split_across_chunks_is_held_back(async_llm, reference):
+    text = reference[PROMPTS[0]][0]
+    start = len(text) // 2
+    stop = text[start:start + 4]
+    expected = text[:text.index(stop)]
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, stop=[stop])
+    outputs = asyncio.run(collect(async_llm, PROMPTS[0], params, "stop"))
+    assert "".join(o.outputs[0].text for o in outputs) == expected
+    assert outputs[-1].outputs[0].finish_reason == "stop"
+    assert outputs[-1].outputs[0].stop_reason == stop
+
+
+def test_closing_or_cancelling_a_stream_aborts_the_request(async_llm, stat_logger):
+    long = SamplingParams(temperature=0.0, max_tokens=900, ignore_eos=True)
+
+    async def close_early():
+        stream = async_llm.generate(PROMPTS[1], long, "closed")
+        await anext(stream)
+        assert (await async_llm.get_stats()).kv_cache_usage > 0
+        await stream.aclose()
+        return await wait_until_idle(async_llm, timeout=5.0)
+
+    async def cancel_task():
+        started = asyncio.Event()
+
+        async def consume():
+            async for _ in async_llm.generate(PROMPTS[2], long, "cancelled"):
+                started.set()
+
+        task = asyncio.create_task(consume())
+        await started.wait()
+        assert (await async_llm.get_stats()).kv_cache_usage > 0
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await wait_until_idle(async_llm, timeout=5.0)
+
+    stat_logger.settle(async_llm).clear()
+    asyncio.run(close_early())
+    asyncio.run(cancel_task())
+    its = stat_logger.settle(async_llm)
+    assert [f.finish_reason for it in its for f in it.finished_requests] == ["abort", "abort"]
+    generated = sum(it.num_generation_tokens for it in its)
+    assert generated < 2 * 900, "the aborted requests ran to their max_tokens"
+
+
+def test_add_request_errors_reach_only_their_caller(async_llm, reference):
+    async def main():
+        good = asyncio.create_task(collect(async_llm, PROMPTS[3], GREEDY, "good"))
+        with pytest.raises(ValueError, match="longer than the maximum model length"):
+            await collect(async_llm, {"prompt_token_ids": [1] * 2000}, GREEDY, "too-long")
+        with pytest.raises(ValueError, match="out of vocabulary"):
+            await collect(async_llm, {"prompt_token_ids": [10**9]}, GREEDY, "bad-token")
+        return await good
+
+    assert joined(asyncio.run(main())) == reference[PROMPTS[3]]
+
+
+def test_stat_logger_sees_tokens_and_latencies(async_llm, stat_logger):
+    prompt_ids = [11, 22, 33, 44, 55]
+    stat_logger.settle(async_llm).clear()
+    asyncio.run(collect(async_llm, {"prompt_token_ids": prompt_ids},
+                        SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True), "stats"))
+    its = stat_logger.settle(async_llm)
+    assert sum(it.num_prompt_tokens for it in its) == len(prompt_ids)
+    assert sum(it.num_generation_tokens for it in its) == 6
+    assert len([t for it in its for t in it.time_to_first_tokens]) == 1
+    itl = [t for it in its for t in it.time_per_output_tokens]
+    assert len(itl) == 5 and all(t >= 0 for t in itl)
+    [finished] = [f for it in its for f in it.finished_requests]
+    assert (finished.finish_reason, finished.num_generation_tokens) == ("length", 6)
+
+
+def test_overload_raises_overflow_error_and_others_keep_running(tiny_chat_model_dir):
+    llm = AsyncLLM.from_engine_args(model=str(tiny_chat_model_dir), max_num_seqs=1, max_waiting_requests=1,
+                                    **ENGINE_ARGS)
+    long = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
+
+    async def main():
+        running = llm.generate(PROMPTS[0], long, "running")
+        await anext(running)
+        waiting = asyncio.create_task(collect(llm, PROMPTS[1], GREEDY, "waiting"))
+        deadline = time.monotonic() + 10
+        while (await llm.get_stats()).num_waiting != 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        with pytest.raises(OverflowError, match="overloaded"):
+            await collect(llm, PROMPTS[2], GREEDY, "rejected")
+        await running.aclose()
+        outputs = await waiting
+        assert outputs[-1].finished and len(joined(outputs)[1]) == 24
+        await wait_until_idle(llm)
+
+    try:
+        asyncio.run(main())
+    finally:
+        llm.shutdown()
+
+
+def test_failed_step_fails_requests_in_flight_and_the_loop_keeps_serving(tiny_chat_model_dir, monkeypatch):
+    llm = AsyncLLM.from_engine_args(model=str(tiny_chat_model_dir), **ENGINE_ARGS)
+    real_step = llm.engine.step
+    calls = 0
+
+    def flaky_step():
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("simulated kernel failure")
+        return real_step()
+
+    monkeypatch.setattr(llm.engine, "step", flaky_step)
+
+    async def main():
+        results = await asyncio.gather(*[collect(llm, p, GREEDY, f"f{i}") for i, p in enumerate(PROMPTS[:2])],
+                                       return_exceptions=True)
+        for result in results:
+            assert isinstance(result, EngineStepError) and "simulated kernel failure" in str(result)
+        await wait_until_idle(llm)
+        after = await collect(llm, PROMPTS[0], GREEDY, "after")
+        assert after[-1].outputs[0].finish_reason == "length"
+
+    try:
+        asyncio.run(main())
+    finally:
+        llm.shutdown()
