@@ -44,8 +44,9 @@ def hf_greedy(model_path: str | Path, prompts: list[list[int]], max_new_tokens: 
     outputs = []
     with torch.inference_mode():
         for ids in prompts:
-            out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                                 do_sample=False, eos_token_id=None, pad_token_id=0)
+            input_ids = torch.tensor([ids])
+            out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                                 max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
             outputs.append(out[0, len(ids):].tolist())
     return outputs
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -38,8 +38,8 @@ class LLM:
         priority: Sequence[int] | None = None,
     ) -> list[RequestOutput]:
         """Run every prompt to completion; outputs come back in input order."""
-        if isinstance(prompts, (str, dict)):
-            prompts = [prompts]
+        if isinstance(prompts, (str, Mapping)) or not isinstance(prompts, Sequence):
+            prompts = [prompts]  # a single prompt (bad ones are named by the processor)
         prompts = list(prompts)
         if not prompts:
             raise ValueError("generate() needs at least one prompt")

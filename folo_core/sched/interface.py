@@ -53,6 +53,7 @@ class Scheduler(ABC):
         self._preempted_req_ids: set[str] = set()
         self._sent_blocks: dict[str, int] = {}  # block ids the runner has been told about
         self.first_scheduled_time: dict[str, float] = {}
+        self.num_preemptions = 0
 
     # -- the policy -------------------------------------------------------
 
@@ -102,6 +103,7 @@ class Scheduler(ABC):
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_preemptions += 1
+        self.num_preemptions += 1
         self._sent_blocks.pop(request.request_id, None)
         if request.request_id in self._runner_known:
             self._runner_known.discard(request.request_id)
