@@ -70,7 +70,7 @@ class DecoderSpec:
 
 
 class DecoderAttention(nn.Module):
-    def __init__(self, spec: DecoderSpec, rotary_emb: RotaryEmbedding, ctx: ModelLoadContext, prefix: str) -> None:
+    def __init__(self, spec: DecoderSpec, ctx: ModelLoadContext, prefix: str) -> None:
         super().__init__()
         self.spec = spec
         self.q_size = spec.num_heads * spec.head_dim
@@ -83,18 +83,17 @@ class DecoderAttention(nn.Module):
         if spec.qk_norm:
             self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps)
             self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps)
-        self.rotary_emb = rotary_emb  # one table shared by all layers
         self.attn = Attention(ctx.attn_backend, spec.num_heads, spec.head_dim, spec.head_dim ** -0.5,
                               spec.num_kv_heads, prefix=f"{prefix}.attn")
 
-    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, cos_sin: tuple[torch.Tensor, torch.Tensor], hidden_states: torch.Tensor) -> torch.Tensor:
         spec = self.spec
         q, k, v = self.qkv_proj(hidden_states).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.reshape(-1, spec.num_heads, spec.head_dim)
         k = k.reshape(-1, spec.num_kv_heads, spec.head_dim)
         if spec.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary_emb(positions, q, k)
+        q, k = RotaryEmbedding.apply(cos_sin, q, k)
         return self.o_proj(self.attn(q.flatten(1), k.flatten(1), v))
 
 
@@ -112,19 +111,19 @@ class DecoderMLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, spec: DecoderSpec, rotary_emb: RotaryEmbedding, ctx: ModelLoadContext, prefix: str) -> None:
+    def __init__(self, spec: DecoderSpec, ctx: ModelLoadContext, prefix: str) -> None:
         super().__init__()
-        self.self_attn = DecoderAttention(spec, rotary_emb, ctx, f"{prefix}.self_attn")
+        self.self_attn = DecoderAttention(spec, ctx, f"{prefix}.self_attn")
         self.mlp = DecoderMLP(spec, ctx.quant_config, f"{prefix}.mlp", ctx.dtype)
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
 
-    def forward(self, positions, hidden_states, residual):
+    def forward(self, cos_sin, hidden_states, residual):
         if residual is None:
             residual, hidden_states = hidden_states, self.input_layernorm(hidden_states)
         else:
             hidden_states, residual = self.input_layernorm(hidden_states, residual)
-        hidden_states = self.self_attn(positions, hidden_states)
+        hidden_states = self.self_attn(cos_sin, hidden_states)
         hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
         return self.mlp(hidden_states), residual
 
@@ -133,15 +132,15 @@ class DecoderModel(nn.Module):
     def __init__(self, spec: DecoderSpec, hf_config: Any, ctx: ModelLoadContext) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(spec.vocab_size, spec.hidden_size, ctx.dtype)
-        rotary_emb = RotaryEmbedding(hf_config, spec.head_dim, spec.max_position)
-        self.layers = nn.ModuleList(
-            DecoderLayer(spec, rotary_emb, ctx, f"model.layers.{i}") for i in range(spec.num_layers))
+        self.rotary_emb = RotaryEmbedding(hf_config, spec.head_dim, spec.max_position)
+        self.layers = nn.ModuleList(DecoderLayer(spec, ctx, f"model.layers.{i}") for i in range(spec.num_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden_states, residual = self.embed_tokens(input_ids), None
+        cos_sin = self.rotary_emb.cos_sin(positions, hidden_states.dtype)
         for layer in self.layers:
-            hidden_states, residual = layer(positions, hidden_states, residual)
+            hidden_states, residual = layer(cos_sin, hidden_states, residual)
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
 

@@ -46,8 +46,12 @@ class RotaryEmbedding(nn.Module):
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((-x2, x1), dim=-1)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """``q`` [T, H, D], ``k`` [T, KH, D] -> rotated (same dtypes)."""
-        cos = self.cos[positions].to(q.dtype).unsqueeze(1)
-        sin = self.sin[positions].to(q.dtype).unsqueeze(1)
-        return q * cos + self._rotate_half(q) * sin, k * cos + self._rotate_half(k) * sin
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's tables, looked up once and shared by every layer: [T, 1, D] each."""
+        return self.cos[positions].to(dtype).unsqueeze(1), self.sin[positions].to(dtype).unsqueeze(1)
+
+    @classmethod
+    def apply(cls, cos_sin: tuple[torch.Tensor, torch.Tensor], q: torch.Tensor, k: torch.Tensor):
+        """Rotate ``q`` [T, H, D] and ``k`` [T, KH, D] by their positions' angles."""
+        cos, sin = cos_sin
+        return q * cos + cls._rotate_half(q) * sin, k * cos + cls._rotate_half(k) * sin
