@@ -89,3 +89,16 @@ def test_priority_policy_serves_urgent_first(case):
                         priority=[5, 0, 1])
     order = sorted(range(3), key=lambda i: outs[i].metrics.first_token_time)
     assert order == [1, 2, 0]
+
+
+def test_abort_of_a_fanned_out_request_aborts_every_child(case):
+    path, prompts, _ = case
+    engine = LLMEngine(EngineConfig.from_kwargs(model=str(path), skip_tokenizer_init=True))
+    engine.add_request("parent", {"prompt_token_ids": prompts[0]},
+                       SamplingParams(n=3, temperature=1.0, max_tokens=50, ignore_eos=True))
+    assert engine.get_num_unfinished_requests() == 3
+    engine.step()
+    engine.abort_request("parent")
+    assert not engine.has_unfinished_requests()
+    assert engine.get_stats().kv_cache_usage == 0.0
+    assert engine.step() == []

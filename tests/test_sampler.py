@@ -130,3 +130,21 @@ def test_logprobs_on_outputs(llm):
         assert token in position and position[token].rank == 1  # greedy: the top token
         assert len(position) == 3
     assert out.cumulative_logprob == pytest.approx(sum(p[t].logprob for t, p in zip(out.token_ids, out.logprobs)))
+
+
+def test_n_completions_per_prompt(llm):
+    prompt = {"prompt_token_ids": random_prompts(1, 512, seed=6)[0]}
+    params = SamplingParams(n=3, temperature=1.0, seed=7, max_tokens=6, ignore_eos=True)
+    out = llm.generate([prompt, prompt], params, use_tqdm=False)
+    assert len(out) == 2
+    for request_output in out:
+        assert request_output.finished
+        assert [c.index for c in request_output.outputs] == [0, 1, 2]
+        assert all(len(c.token_ids) == 6 for c in request_output.outputs)
+    assert len({tuple(c.token_ids) for c in out[0].outputs}) > 1  # children sample independently
+    # child i of a seeded request uses seed + i
+    single = llm.generate(prompt, SamplingParams(temperature=1.0, seed=8, max_tokens=6, ignore_eos=True),
+                          use_tqdm=False)[0]
+    assert out[0].outputs[1].token_ids == single.outputs[0].token_ids
+    greedy = llm.generate(prompt, SamplingParams(n=2, temperature=0, max_tokens=6, ignore_eos=True), use_tqdm=False)[0]
+    assert greedy.outputs[0].token_ids == greedy.outputs[1].token_ids

@@ -8,7 +8,7 @@ from typing import Any
 
 from folo_core.config import EngineConfig, resolve_engine_config
 from folo_core.engine.core import EngineCore
-from folo_core.engine.output_processor import OutputProcessor
+from folo_core.engine.output_processor import OutputProcessor, ParentRequest
 from folo_core.engine.processor import Processor, PromptType
 from folo_core.hf_utils import eos_token_ids, load_hf_config, load_tokenizer
 from folo_core.kv_cache.interface import PrefixCacheStats
@@ -56,15 +56,28 @@ class LLMEngine:
         """Validate and queue a request; errors are raised here and leave the engine untouched."""
         params = params or SamplingParams()
         text, prompt_ids, params = self.processor.process(prompt, params)
-        if request_id in self.output_processor.states:
+        if request_id in self.output_processor.states or request_id in self.output_processor.parents:
             raise ValueError(f"request id {request_id!r} is already in use")
         arrival_time = time.time() if arrival_time is None else arrival_time
         cache_salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
-        self.engine_core.add_request(request_id, prompt_ids, params, arrival_time, priority, cache_salt)
-        self.output_processor.add_request(request_id, text, prompt_ids, params, arrival_time)
+        parent = ParentRequest(request_id, params) if params.n > 1 else None
+        children = ([(child_id, parent.child_params(i)) for i, child_id in enumerate(parent.child_ids)]
+                    if parent else [(request_id, params)])
+        added: list[str] = []
+        try:
+            for index, (child_id, child_params) in enumerate(children):
+                self.engine_core.add_request(child_id, prompt_ids, child_params, arrival_time, priority, cache_salt)
+                added.append(child_id)
+                self.output_processor.add_request(child_id, text, prompt_ids, child_params, arrival_time,
+                                                  parent, index)
+        except Exception:
+            self.engine_core.abort_requests(added)  # all of a parent's children, or none
+            self.output_processor.abort_requests(added)
+            raise
 
     def abort_request(self, request_ids: str | list[str]) -> None:
         request_ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        request_ids = self.output_processor.expand_request_ids(request_ids)
         self.engine_core.abort_requests(request_ids)
         self.output_processor.abort_requests(request_ids)
 

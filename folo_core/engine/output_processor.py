@@ -2,7 +2,8 @@
 
 Owns per-request text state: incremental detokenization, stop strings (which
 finish a request the core still thinks is running, so the caller aborts it),
-logprobs with decoded tokens, and timing metrics.
+logprobs with decoded tokens, and timing metrics. A request with ``n > 1`` runs
+as ``n`` child requests whose outputs a ``ParentRequest`` gathers (vLLM's fan-out).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class RequestState:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0
+    parent: "ParentRequest | None" = None
+    index: int = 0  # this child's place among its parent's n outputs
     _sent_tokens: int = 0
     _sent_logprobs: int = 0
 
@@ -47,30 +50,79 @@ class RequestState:
                 logprobs = logprobs[self._sent_logprobs:]
                 self._sent_logprobs = len(self.logprobs)
         completion = CompletionOutput(
-            index=0, text=text, token_ids=list(token_ids), cumulative_logprob=self.cumulative_logprob,
+            index=self.index, text=text, token_ids=list(token_ids), cumulative_logprob=self.cumulative_logprob,
             logprobs=list(logprobs) if logprobs is not None else None,
             finish_reason=self.finish_reason, stop_reason=self.stop_reason)
+        if self.parent is not None:
+            return self.parent.make_output(completion, finished, self)
         return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, [completion], finished,
                              metrics=self.metrics, num_cached_tokens=self.num_cached_tokens)
+
+
+class ParentRequest:
+    """One user request with ``n > 1``: ``n`` child requests, one ``RequestOutput``."""
+
+    def __init__(self, request_id: str, params: SamplingParams) -> None:
+        self.request_id = request_id
+        self.params = params
+        self.child_ids = [f"{i}_{request_id}" for i in range(params.n)]
+        self.latest: list[CompletionOutput | None] = [None] * params.n
+        self.num_finished = 0
+
+    def child_params(self, index: int) -> SamplingParams:
+        """Each child samples on its own; a seeded parent gives child ``i`` seed ``seed + i``."""
+        params = self.params.clone()
+        params.n = 1
+        if params.seed is not None:
+            params.seed += index
+        if params.output_kind == RequestOutputKind.FINAL_ONLY:
+            params.output_kind = RequestOutputKind.CUMULATIVE  # the parent holds back, not the child
+        return params
+
+    def make_output(self, completion: CompletionOutput, child_finished: bool, child: RequestState) -> RequestOutput | None:
+        self.latest[completion.index] = completion
+        self.num_finished += child_finished
+        finished = self.num_finished == len(self.child_ids)
+        kind = self.params.output_kind
+        if kind == RequestOutputKind.FINAL_ONLY and not finished:
+            return None
+        outputs = [completion] if kind == RequestOutputKind.DELTA else [c for c in self.latest if c is not None]
+        return RequestOutput(self.request_id, child.prompt, child.prompt_token_ids, outputs, finished,
+                             metrics=child.metrics, num_cached_tokens=child.num_cached_tokens)
 
 
 class OutputProcessor:
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
         self.states: dict[str, RequestState] = {}
+        self.parents: dict[str, ParentRequest] = {}
 
     def add_request(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
-                    params: SamplingParams, arrival_time: float) -> None:
+                    params: SamplingParams, arrival_time: float, parent: ParentRequest | None = None,
+                    index: int = 0) -> None:
         detok = IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params) if self.tokenizer else None
         self.states[request_id] = RequestState(
             request_id, prompt, prompt_token_ids, params, detok, RequestMetrics(arrival_time),
             logprobs=[] if params.logprobs is not None else None,
             cumulative_logprob=0.0 if params.logprobs is not None else None,
+            parent=parent, index=index,
         )
+        if parent is not None:
+            self.parents[parent.request_id] = parent
+
+    def expand_request_ids(self, request_ids: list[str]) -> list[str]:
+        """User request ids -> the engine-core ids (children of ``n > 1`` requests)."""
+        out = []
+        for req_id in request_ids:
+            parent = self.parents.get(req_id)
+            out.extend(parent.child_ids if parent is not None else [req_id])
+        return out
 
     def abort_requests(self, request_ids: list[str]) -> None:
         for req_id in request_ids:
-            self.states.pop(req_id, None)
+            state = self.states.pop(req_id, None)
+            if state is not None and state.parent is not None:
+                self.parents.pop(state.parent.request_id, None)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.states)
@@ -102,6 +154,8 @@ class OutputProcessor:
             if finished:
                 state.metrics.finished_time = now
                 del self.states[out.request_id]
+                if state.parent is not None and state.parent.num_finished + 1 == len(state.parent.child_ids):
+                    self.parents.pop(state.parent.request_id, None)
             request_output = state.make_output(finished)
             if request_output is not None:
                 request_outputs.append(request_output)

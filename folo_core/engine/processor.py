@@ -50,8 +50,6 @@ class Processor:
                 "text tokens.")
         if not isinstance(params, SamplingParams):
             raise TypeError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
-        if params.n != 1:
-            raise ValueError(f"n={params.n} is not supported yet; submit the prompt n times with different seeds")
         params = params.clone()
         params._eos_token_ids = self.eos_token_ids
         return text, ids, params
