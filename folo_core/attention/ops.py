@@ -1,4 +1,4 @@
-"""Pure-torch cache operations shared by the CPU backends."""
+"""Pure-torch cache and attention operations shared by the CPU backends and the conformance kit."""
 
 from __future__ import annotations
 
@@ -25,3 +25,26 @@ def gather_kv(
 ) -> torch.Tensor:
     """The first ``seq_len`` cached tokens of one request: [seq_len, kv_heads, head]."""
     return cache.index_select(0, block_ids).flatten(0, 1)[:seq_len]
+
+
+def causal_attention(
+    query: torch.Tensor,  # [q_len, num_heads, head_size]: the last q_len positions of the sequence
+    key: torch.Tensor,  # [kv_len, num_kv_heads, head_size]: every position so far
+    value: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:  # [q_len, num_heads, head_size]
+    """Explicit-softmax attention of one sequence, the reference math every backend must match.
+
+    Query ``j`` sits at position ``kv_len - q_len + j`` and sees the keys up to
+    its own position (causal mask aligned to the bottom right). Computes in the
+    inputs' dtype, so callers choose the precision.
+    """
+    q_len, kv_len = query.shape[0], key.shape[0]
+    group = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(group, dim=1)
+    value = value.repeat_interleave(group, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", query, key) * scale
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)
+    future = torch.arange(kv_len, device=query.device)[None, :] > q_pos[:, None]
+    probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    return torch.einsum("hqk,khd->qhd", probs, value)

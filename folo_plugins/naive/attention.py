@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from folo_core.attention.backend import AttentionBackend, AttentionImpl, CommonAttentionMetadata
-from folo_core.attention.ops import gather_kv, write_to_kv_cache
+from folo_core.attention.ops import causal_attention, gather_kv, write_to_kv_cache
 from folo_core.utils import cdiv
 
 
@@ -18,21 +18,14 @@ class NaiveAttentionImpl(AttentionImpl):
         md = attn_metadata
         key_cache, value_cache = NaiveAttentionBackend.split_kv_cache(kv_cache)
         write_to_kv_cache(key_cache, value_cache, key, value, md.slot_mapping)
-        group = self.num_heads // self.num_kv_heads
         out = torch.empty_like(query)
         starts = md.query_start_loc_cpu.tolist()
         for i, kv_len in enumerate(md.seq_lens_cpu.tolist()):
-            q = query[starts[i]:starts[i + 1]].float()  # [q_len, H, D]
-            q_len = q.shape[0]
             blocks = md.block_table[i, :cdiv(kv_len, md.block_size)]
-            k = gather_kv(key_cache, blocks, kv_len).float().repeat_interleave(group, dim=1)
-            v = gather_kv(value_cache, blocks, kv_len).float().repeat_interleave(group, dim=1)
-            scores = torch.einsum("qhd,khd->hqk", q, k) * self.scale
-            # Query j sits at absolute position kv_len - q_len + j and sees keys up to it.
-            q_pos = torch.arange(kv_len - q_len, kv_len, device=q.device)
-            future = torch.arange(kv_len, device=q.device)[None, :] > q_pos[:, None]
-            probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
-            out[starts[i]:starts[i + 1]] = torch.einsum("hqk,khd->qhd", probs, v).to(query.dtype)
+            k = gather_kv(key_cache, blocks, kv_len).float()
+            v = gather_kv(value_cache, blocks, kv_len).float()
+            q = query[starts[i]:starts[i + 1]].float()
+            out[starts[i]:starts[i + 1]] = causal_attention(q, k, v, self.scale).to(query.dtype)
         return out
 
 
