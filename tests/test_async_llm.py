@@ -26,7 +26,7 @@ class RecordingStatLogger(StatLoggerBase):
         self.iterations.append(iteration_stats)
 
     def settle(self, llm: AsyncLLM) -> list[IterationStats]:
-        """The iterations so far: a command round trip runs after the previous loop turn was recorded."""
+        """The iterations so far: a command's reply leaves only after its loop turn was recorded."""
         asyncio.run(llm.get_stats())
         return self.iterations
 

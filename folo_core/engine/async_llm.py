@@ -3,7 +3,9 @@
 ``LLMEngine`` is not thread-safe, so every engine call (add, abort, step, stats)
 runs on the engine thread: callers post commands to a queue (and await a future
 for the result), and the thread runs them between steps. Each step's outputs go
-back to the asyncio queue of their request with ``call_soon_threadsafe``.
+back to the asyncio queue of their request with ``call_soon_threadsafe``; results
+and outputs leave only after the stat loggers recorded the loop turn that made
+them, so a client holding its answer finds it counted in the metrics.
 
 Requests are always streamed as DELTA outputs (each carries only new text and
 token ids; the detokenizer holds back split characters and stop-string
@@ -21,6 +23,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import Future
+from functools import partial
 from typing import Any, TypeVar
 
 from folo_core.engine.llm_engine import EngineStats, LLMEngine
@@ -69,6 +72,7 @@ class AsyncLLM:
         self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._streams: dict[str, _RequestStream] = {}  # engine thread only
         self._iteration = IterationStats()  # engine thread only
+        self._replies: list[Callable[[], None]] = []  # engine thread only: sent after the stats are recorded
         self._thread = threading.Thread(target=self._run_loop, name="folo-engine", daemon=True)
         self._thread.start()
 
@@ -144,15 +148,18 @@ class AsyncLLM:
     # ----- engine thread -----
 
     def _run_loop(self) -> None:
-        while True:
+        running = True
+        while running:
             try:
-                if not self._run_commands(block=not self.engine.has_unfinished_requests()):
-                    break
-                if self.engine.has_unfinished_requests():
+                running = self._run_commands(block=not self.engine.has_unfinished_requests())
+                if running and self.engine.has_unfinished_requests():
                     self._step()
-                self._record_stats()
             except Exception:  # the loop must outlive any single failure
                 logger.exception("unexpected error in the engine loop")
+            finally:
+                # Stats first: whoever gets a result or an output sees it counted in the metrics.
+                self._record_stats()
+                self._send_replies()
         error = EngineDeadError("the engine was shut down")
         for stream in self._streams.values():
             stream.put(error)
@@ -170,13 +177,21 @@ class AsyncLLM:
             fn, args, future = command
             if future.set_running_or_notify_cancel():
                 try:
-                    future.set_result(fn(*args))
+                    self._replies.append(partial(future.set_result, fn(*args)))
                 except BaseException as exc:  # handed to the caller, not raised here
-                    future.set_exception(exc)
+                    self._replies.append(partial(future.set_exception, exc))
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 return True
+
+    def _reply(self, stream: _RequestStream, item: RequestOutput | BaseException | object) -> None:
+        self._replies.append(partial(stream.put, item))
+
+    def _send_replies(self) -> None:
+        replies, self._replies = self._replies, []
+        for reply in replies:
+            reply()
 
     def _add_request(self, request_id: str, prompt: PromptType, params: SamplingParams, arrival_time: float,
                      priority: int, stream: _RequestStream) -> None:
@@ -191,7 +206,7 @@ class AsyncLLM:
         self.engine.abort_request(request_id)
         del self._streams[request_id]
         self._iteration.finish(current.stats, "abort", time.time())
-        current.put(_ABORTED)
+        self._reply(current, _ABORTED)
 
     def _step(self) -> None:
         try:
@@ -207,7 +222,7 @@ class AsyncLLM:
             self._iteration.update_from_output(output, stream.stats, now)
             if output.finished:
                 del self._streams[output.request_id]
-            stream.put(output)
+            self._reply(stream, output)
 
     def _fail_in_flight(self, exc: Exception) -> None:
         request_ids = list(self._streams)
@@ -223,7 +238,7 @@ class AsyncLLM:
             self._iteration.finish(stream.stats, "error", now)
             error = EngineStepError(f"engine step failed: {exc}")
             error.__cause__ = exc
-            stream.put(error)
+            self._reply(stream, error)
 
     def _record_stats(self) -> None:
         iteration, self._iteration = self._iteration, IterationStats()

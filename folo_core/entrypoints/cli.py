@@ -1,9 +1,10 @@
-"""The ``folo`` command: ``generate`` and ``plugins`` (more subcommands register here)."""
+"""The ``folo`` command: ``generate``, ``serve`` and ``plugins`` (more subcommands register here)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from folo_core.config import ConfigError, EngineConfig
@@ -26,6 +27,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     for output in llm.generate(prompts, params, use_tqdm=False):
         print(output.outputs[0].text.strip())
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from folo_core.entrypoints.openai.api_server import run_server
+    except ImportError as exc:  # the server's dependencies are the optional "serve" extra
+        print(f"folo: error: folo serve needs the serve extra ({exc}): pip install 'folovllm[serve]'",
+              file=sys.stderr)
+        return 2
+    return run_server(args)
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -64,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-chat", action="store_true", help="Send the prompt as raw text, without the chat template.")
     EngineConfig.add_cli_args(gen)
     gen.set_defaults(func=_cmd_generate)
+
+    serve = sub.add_parser("serve", help="Run the OpenAI-compatible HTTP server (needs folovllm[serve]).")
+    serve.add_argument("--host", default="127.0.0.1", help="Address to bind (default: localhost only).")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=os.environ.get("FOLO_API_KEY"),
+                       help="Require 'Authorization: Bearer KEY' on /v1 routes (default: $FOLO_API_KEY).")
+    serve.add_argument("--served-model-name", default=None,
+                       help="Model name clients must send (default: the --model value, or SmolLM2-135M-Instruct).")
+    serve.add_argument("--uvicorn-log-level", default="info",
+                       choices=["critical", "error", "warning", "info", "debug", "trace"])
+    EngineConfig.add_cli_args(serve)
+    serve.set_defaults(func=_cmd_serve)
 
     plugins = sub.add_parser("plugins", help="List installed plugins and what they register.")
     plugins.add_argument("--json", action="store_true", help="Print JSON.")

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible server; needs the ``serve`` extra (FastAPI, uvicorn, prometheus-client)."""

@@ -1,0 +1,76 @@
+"""``POST /v1/chat/completions``: messages rendered with the tokenizer's chat template."""
+
+from __future__ import annotations
+
+from jinja2 import TemplateError
+from pydantic import BaseModel
+
+from folo_core.engine.chat_utils import render_chat
+from folo_core.engine.processor import PromptType
+from folo_core.entrypoints.openai.protocol import (ChatCompletionLogProb, ChatCompletionLogProbs,
+                                                   ChatCompletionLogProbsContent, ChatCompletionRequest,
+                                                   ChatCompletionResponse, ChatCompletionResponseChoice,
+                                                   ChatCompletionResponseStreamChoice,
+                                                   ChatCompletionStreamResponse, ChatMessage, DeltaMessage,
+                                                   UsageInfo)
+from folo_core.entrypoints.openai.serving_engine import OpenAIServing, RequestState
+from folo_core.outputs import CompletionOutput, Logprob, SampleLogprobs
+
+_ROLE = "assistant"
+
+
+def _chat_logprob(logprob: Logprob) -> ChatCompletionLogProb:
+    token = logprob.decoded_token or ""
+    return ChatCompletionLogProb(token=token, logprob=logprob.logprob, bytes=list(token.encode()))
+
+
+def chat_logprobs(logprobs: SampleLogprobs, top_logprobs: int) -> ChatCompletionLogProbs:
+    """Per position the sampled token and the ``top_logprobs`` most likely ones."""
+    content = []
+    for position in logprobs:
+        sampled = _chat_logprob(next(iter(position.values())))  # the sampled token comes first
+        top = sorted(position.values(), key=lambda lp: lp.rank or 0)[:top_logprobs]
+        content.append(ChatCompletionLogProbsContent(**sampled.model_dump(),
+                                                     top_logprobs=[_chat_logprob(lp) for lp in top]))
+    return ChatCompletionLogProbs(content=content)
+
+
+class OpenAIServingChat(OpenAIServing[ChatCompletionRequest]):
+    request_id_prefix = "chatcmpl"
+
+    def build_prompt(self, request: ChatCompletionRequest) -> PromptType:
+        try:
+            return render_chat(self.tokenizer, request.conversation(), request.chat_template,
+                               request.add_generation_prompt, request.chat_template_kwargs)
+        except TemplateError as exc:  # e.g. the template's raise_exception("roles must alternate")
+            raise ValueError(f"cannot apply the chat template to messages: {exc}") from None
+
+    def _logprobs(self, request: ChatCompletionRequest, logprobs: SampleLogprobs) -> ChatCompletionLogProbs | None:
+        return chat_logprobs(logprobs, request.top_logprobs or 0) if request.logprobs else None
+
+    def _chunk(self, state: RequestState, choices: list[ChatCompletionResponseStreamChoice],
+               usage: UsageInfo | None = None) -> BaseModel:
+        return ChatCompletionStreamResponse(id=state.request_id, created=state.created, model=state.model,
+                                            choices=choices, usage=usage)
+
+    def stream_chunks(self, request: ChatCompletionRequest, state: RequestState,
+                      delta: CompletionOutput) -> list[BaseModel]:
+        chunks = []
+        if state.num_output_tokens == len(delta.token_ids):  # the first output: announce the role
+            chunks.append(self._chunk(state, [ChatCompletionResponseStreamChoice(
+                delta=DeltaMessage(role=_ROLE, content=""))]))
+        if delta.text or delta.finish_reason or delta.logprobs:
+            chunks.append(self._chunk(state, [ChatCompletionResponseStreamChoice(
+                delta=DeltaMessage(content=delta.text), logprobs=self._logprobs(request, delta.logprobs or []),
+                finish_reason=delta.finish_reason, stop_reason=delta.stop_reason)]))
+        return chunks
+
+    def usage_chunk(self, state: RequestState) -> BaseModel:
+        return self._chunk(state, [], state.usage())
+
+    def full_response(self, request: ChatCompletionRequest, state: RequestState) -> BaseModel:
+        choice = ChatCompletionResponseChoice(
+            message=ChatMessage(role=_ROLE, content=state.text), logprobs=self._logprobs(request, state.logprobs),
+            finish_reason=state.finish_reason, stop_reason=state.stop_reason)
+        return ChatCompletionResponse(id=state.request_id, created=state.created, model=state.model,
+                                      choices=[choice], usage=state.usage())

@@ -1,0 +1,178 @@
+"""What completions and chat share: model check, engine stream, SSE framing, usage, disconnects.
+
+A handler turns its request into a prompt and ``SamplingParams``, starts the
+request and waits for its first output, so that errors of ``add_request`` (bad
+prompt 400, overload 503) still become proper HTTP errors. After that the
+response is either an SSE stream of chunks or, once the request finishes, one
+JSON body. A client that goes away (stream closed, or disconnect while waiting
+for a whole response) aborts its request, which frees its KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+
+from folo_core.engine.async_llm import AsyncLLM, EngineStepError
+from folo_core.engine.processor import PromptType
+from folo_core.entrypoints.openai.errors import bad_request, internal_error, model_not_found, overloaded
+from folo_core.entrypoints.openai.protocol import ErrorResponse, SamplingRequest, UsageInfo
+from folo_core.logger import init_logger
+from folo_core.outputs import CompletionOutput, RequestOutput, SampleLogprobs
+
+logger = init_logger(__name__)
+
+RequestT = TypeVar("RequestT", bound=SamplingRequest)
+T = TypeVar("T")
+
+
+@dataclass
+class RequestState:
+    """One request's identity and everything its DELTA outputs added up to so far."""
+
+    request_id: str
+    model: str
+    created: int = field(default_factory=lambda: int(time.time()))
+    prompt_token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    num_output_tokens: int = 0
+    logprobs: SampleLogprobs = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+    def add(self, output: RequestOutput) -> CompletionOutput:
+        delta = output.outputs[0]
+        self.prompt_token_ids = output.prompt_token_ids
+        self.text += delta.text
+        self.num_output_tokens += len(delta.token_ids)
+        self.logprobs.extend(delta.logprobs or [])
+        self.finish_reason, self.stop_reason = delta.finish_reason, delta.stop_reason
+        return delta
+
+    def usage(self) -> UsageInfo:
+        prompt_tokens = len(self.prompt_token_ids)
+        return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=self.num_output_tokens,
+                         total_tokens=prompt_tokens + self.num_output_tokens)
+
+
+def sse(payload: BaseModel | str) -> str:
+    data = payload if isinstance(payload, str) else payload.model_dump_json()
+    return f"data: {data}\n\n"
+
+
+class OpenAIServing(ABC, Generic[RequestT]):
+    request_id_prefix: ClassVar[str]
+
+    def __init__(self, engine: AsyncLLM, model_name: str) -> None:
+        self.engine = engine
+        self.model_name = model_name
+        self.tokenizer = engine.get_tokenizer()
+
+    @abstractmethod
+    def build_prompt(self, request: RequestT) -> PromptType:
+        """The engine prompt; raises ``ValueError`` for a request that cannot become one."""
+
+    @abstractmethod
+    def stream_chunks(self, request: RequestT, state: RequestState, delta: CompletionOutput) -> list[BaseModel]:
+        """The SSE chunks for one DELTA output (possibly none)."""
+
+    @abstractmethod
+    def usage_chunk(self, state: RequestState) -> BaseModel:
+        """The last chunk of a stream with ``include_usage``: no choices, only usage."""
+
+    @abstractmethod
+    def full_response(self, request: RequestT, state: RequestState) -> BaseModel:
+        ...
+
+    async def create(self, request: RequestT, raw_request: Request) -> Response:
+        if request.model is not None and request.model != self.model_name:
+            raise model_not_found(request.model)
+        try:
+            prompt = self.build_prompt(request)
+            params = request.to_sampling_params()
+        except ValueError as exc:
+            raise bad_request(str(exc)) from None
+        state = RequestState(f"{self.request_id_prefix}-{uuid.uuid4().hex}", self.model_name)
+        outputs = self.engine.generate(prompt, params, state.request_id)
+        try:
+            if request.stream:
+                first = await _cancel_on_disconnect(self._first_output(outputs), raw_request)
+                return StreamingResponse(self._stream(request, state, first, outputs),
+                                         media_type="text/event-stream")
+            await _cancel_on_disconnect(self._collect(state, outputs), raw_request)
+        except _ClientGone:
+            return Response(status_code=499)  # nobody reads it; the request was aborted
+        return JSONResponse(self.full_response(request, state).model_dump())
+
+    @staticmethod
+    async def _first_output(outputs: AsyncGenerator[RequestOutput, None]) -> RequestOutput:
+        try:
+            return await anext(outputs)
+        except ValueError as exc:  # prompt too long, bad token ids, bad params
+            raise bad_request(str(exc)) from None
+        except OverflowError as exc:  # max_waiting_requests reached
+            raise overloaded(str(exc)) from None
+        except EngineStepError as exc:
+            raise internal_error(str(exc)) from None
+
+    async def _collect(self, state: RequestState, outputs: AsyncGenerator[RequestOutput, None]) -> None:
+        state.add(await self._first_output(outputs))
+        try:
+            async for output in outputs:
+                state.add(output)
+        except EngineStepError as exc:
+            raise internal_error(str(exc)) from None
+
+    async def _stream(self, request: RequestT, state: RequestState, first: RequestOutput,
+                      outputs: AsyncGenerator[RequestOutput, None]) -> AsyncIterator[str]:
+        try:
+            for chunk in self.stream_chunks(request, state, state.add(first)):
+                yield sse(chunk)
+            async for output in outputs:
+                for chunk in self.stream_chunks(request, state, state.add(output)):
+                    yield sse(chunk)
+            if request.include_usage:
+                yield sse(self.usage_chunk(state))
+        except Exception as exc:  # the 200 status is sent: report the error inside the stream
+            if not isinstance(exc, EngineStepError):  # the engine logged its own failure
+                logger.exception("streaming %s failed", state.request_id)
+            yield sse(ErrorResponse(error=internal_error(str(exc)).info))
+        finally:
+            await outputs.aclose()  # aborts the request if it is still running
+        yield sse("[DONE]")
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _cancel_on_disconnect(work: Coroutine[Any, Any, T], raw_request: Request) -> T:
+    """Await ``work``, cancelling it (which aborts its request) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(raw_request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    raise _ClientGone
+
+
+async def _wait_for_disconnect(raw_request: Request) -> None:
+    while (await raw_request.receive())["type"] != "http.disconnect":
+        pass
