@@ -45,12 +45,16 @@ def async_llm(tiny_chat_model_dir, stat_logger):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_chat_model_dir) -> dict[str, tuple[str, list[int]]]:
+def offline_llm(tiny_chat_model_dir) -> LLM:
+    return LLM(str(tiny_chat_model_dir), **ENGINE_ARGS)
+
+
+@pytest.fixture(scope="module")
+def reference(offline_llm) -> dict[str, tuple[str, list[int]]]:
     """Greedy outputs of the synchronous offline engine, one prompt at a time."""
-    llm = LLM(str(tiny_chat_model_dir), **ENGINE_ARGS)
     result = {}
     for prompt in PROMPTS:
-        out = llm.generate(prompt, GREEDY, use_tqdm=False)[0].outputs[0]
+        out = offline_llm.generate(prompt, GREEDY, use_tqdm=False)[0].outputs[0]
         result[prompt] = (out.text, out.token_ids)
     return result
 
@@ -82,6 +86,21 @@ def test_concurrent_streams_match_the_sync_engine(async_llm, reference):
         assert [o.finished for o in outputs] == [False] * (len(outputs) - 1) + [True]
         assert outputs[-1].outputs[0].finish_reason == "length"
         assert joined(outputs) == reference[prompt]
+
+
+def test_n_choices_stream_their_deltas_by_index(async_llm, offline_llm):
+    params = SamplingParams(n=3, temperature=1.0, seed=123, max_tokens=10, ignore_eos=True)
+    expected = offline_llm.generate(PROMPTS[2], params, use_tqdm=False)[0].outputs
+    outputs = asyncio.run(collect(async_llm, PROMPTS[2], params, "n3"))
+    texts, token_ids = ["", "", ""], [[], [], []]
+    for out in outputs:
+        for completion in out.outputs:
+            texts[completion.index] += completion.text
+            token_ids[completion.index] += completion.token_ids
+    assert [o.finished for o in outputs].count(True) == 1 and outputs[-1].finished
+    assert texts == [c.text for c in sorted(expected, key=lambda c: c.index)]
+    assert token_ids == [c.token_ids for c in sorted(expected, key=lambda c: c.index)]
+    assert len(set(texts)) > 1, "each choice samples on its own"
 
 
 def test_stop_string_split_across_chunks_is_held_back(async_llm, reference):

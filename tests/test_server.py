@@ -165,6 +165,23 @@ def test_stop_strings_and_token_id_prompts(client):
     assert stopped.choices[0].finish_reason == "stop"
 
 
+def test_n_choices_streamed_and_whole(client):
+    kwargs = dict(model=MODEL, prompt="Pick a number:", max_tokens=8, temperature=1.0, seed=7, n=2,
+                  extra_body={"ignore_eos": True})
+    full = client.completions.create(**kwargs)
+    assert [c.index for c in full.choices] == [0, 1]
+    assert full.usage.completion_tokens == 2 * 8
+    texts = ["", ""]
+    for chunk in client.completions.create(**kwargs, stream=True):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+    assert texts == [c.text for c in full.choices]
+
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], n=3,
+                                          max_tokens=4, temperature=1.0, seed=7, extra_body={"ignore_eos": True})
+    assert [c.index for c in chat.choices] == [0, 1, 2] and chat.usage.completion_tokens == 3 * 4
+
+
 def test_logprobs(client):
     completion = client.completions.create(model=MODEL, prompt="Hello", max_tokens=5, temperature=0, logprobs=3,
                                            extra_body={"ignore_eos": True})
@@ -229,7 +246,7 @@ BAD_REQUESTS = [
     ("/v1/completions", {"prompt": "hi", "temperature": -1}, 400, "temperature", "invalid_value"),
     ("/v1/completions", {"prompt": "hi", "top_p": 0}, 400, "top_p", "invalid_value"),
     ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, 400, "max_tokens", "invalid_value"),
-    ("/v1/completions", {"prompt": "hi", "n": 2}, 400, "n", "invalid_value"),
+    ("/v1/completions", {"prompt": "hi", "n": 0}, 400, "n", "invalid_value"),
     ("/v1/completions", {"prompt": "hi", "stop": 5}, 400, "stop", "invalid_value"),
     ("/v1/completions", {"prompt": "hi", "logprobs": 50}, 400, "logprobs", "invalid_value"),
     ("/v1/completions", {"prompt": ["a", "b"]}, 400, "prompt", "invalid_value"),

@@ -42,11 +42,11 @@ class IterationStats:
 
     def update_from_output(self, output: RequestOutput, req: RequestStats, now: float) -> None:
         """Count one DELTA output (its token ids are only the new ones)."""
-        num_new = len(output.outputs[0].token_ids)
+        num_new = sum(len(completion.token_ids) for completion in output.outputs)
         if req.num_generation_tokens == 0:
             self.num_prompt_tokens += len(output.prompt_token_ids)
             self.time_to_first_tokens.append(now - req.arrival_time)
-        else:
+        elif now != req.last_token_time:  # the n choices of one request step together: one gap per step
             self.time_per_output_tokens.append(now - req.last_token_time)
         self.num_generation_tokens += num_new
         req.num_generation_tokens += num_new

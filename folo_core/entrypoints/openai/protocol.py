@@ -2,7 +2,7 @@
 
 Unknown request fields are logged and ignored, as vLLM does, so clients that
 send newer OpenAI fields keep working; fields Folo knows but cannot honour
-(``n`` > 1, ``echo``, tools, ...) are rejected with a 400 that names them.
+(``echo``, ``best_of``, tools, ...) are rejected with a 400 that names them.
 """
 
 from __future__ import annotations
@@ -106,12 +106,6 @@ class SamplingRequest(_RequestModel):
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
 
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int | None) -> int | None:
-        _unsupported(n is not None and n > 1, "n > 1", "send the request n times with different seeds")
-        return n
-
     @field_validator("logit_bias")
     @classmethod
     def _no_logit_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
@@ -147,6 +141,7 @@ class SamplingRequest(_RequestModel):
             return default if value is None else value
 
         return SamplingParams(
+            n=pick(self.n, 1),
             temperature=pick(self.temperature, 1.0),
             top_p=pick(self.top_p, 1.0),
             top_k=pick(self.top_k, 0),

@@ -56,12 +56,13 @@ class OpenAIServingChat(OpenAIServing[ChatCompletionRequest]):
     def stream_chunks(self, request: ChatCompletionRequest, state: RequestState,
                       delta: CompletionOutput) -> list[BaseModel]:
         chunks = []
-        if state.num_output_tokens == len(delta.token_ids):  # the first output: announce the role
+        if len(state.choices[delta.index].token_ids) == len(delta.token_ids):  # its first output: the role
             chunks.append(self._chunk(state, [ChatCompletionResponseStreamChoice(
-                delta=DeltaMessage(role=_ROLE, content=""))]))
+                index=delta.index, delta=DeltaMessage(role=_ROLE, content=""))]))
         if delta.text or delta.finish_reason or delta.logprobs:
             chunks.append(self._chunk(state, [ChatCompletionResponseStreamChoice(
-                delta=DeltaMessage(content=delta.text), logprobs=self._logprobs(request, delta.logprobs or []),
+                index=delta.index, delta=DeltaMessage(content=delta.text),
+                logprobs=self._logprobs(request, delta.logprobs or []),
                 finish_reason=delta.finish_reason, stop_reason=delta.stop_reason)]))
         return chunks
 
@@ -69,8 +70,9 @@ class OpenAIServingChat(OpenAIServing[ChatCompletionRequest]):
         return self._chunk(state, [], state.usage())
 
     def full_response(self, request: ChatCompletionRequest, state: RequestState) -> BaseModel:
-        choice = ChatCompletionResponseChoice(
-            message=ChatMessage(role=_ROLE, content=state.text), logprobs=self._logprobs(request, state.logprobs),
-            finish_reason=state.finish_reason, stop_reason=state.stop_reason)
+        choices = [ChatCompletionResponseChoice(
+            index=choice.index, message=ChatMessage(role=_ROLE, content=choice.text),
+            logprobs=self._logprobs(request, choice.logprobs), finish_reason=choice.finish_reason,
+            stop_reason=choice.stop_reason) for choice in state.choices]
         return ChatCompletionResponse(id=state.request_id, created=state.created, model=state.model,
-                                      choices=[choice], usage=state.usage())
+                                      choices=choices, usage=state.usage())

@@ -33,24 +33,24 @@ class OpenAIServingCompletion(OpenAIServing[CompletionRequest]):
             return request.prompt
         return {"prompt_token_ids": request.prompt}
 
-    def _choice(self, request: CompletionRequest, text: str, logprobs: SampleLogprobs, text_offset: int,
-                state: RequestState) -> CompletionResponseChoice:
-        return CompletionResponseChoice(
-            text=text, finish_reason=state.finish_reason, stop_reason=state.stop_reason,
-            logprobs=completion_logprobs(logprobs, text_offset) if request.logprobs is not None else None)
+    @staticmethod
+    def _choice(request: CompletionRequest, output: CompletionOutput, text_offset: int) -> CompletionResponseChoice:
+        logprobs = completion_logprobs(output.logprobs or [], text_offset) if request.logprobs is not None else None
+        return CompletionResponseChoice(index=output.index, text=output.text, logprobs=logprobs,
+                                        finish_reason=output.finish_reason, stop_reason=output.stop_reason)
 
     def stream_chunks(self, request: CompletionRequest, state: RequestState,
                       delta: CompletionOutput) -> list[BaseModel]:
         if not (delta.text or delta.finish_reason or delta.logprobs):
             return []
-        offset = len(state.text) - len(delta.text)
-        return [self._response(state, [self._choice(request, delta.text, delta.logprobs or [], offset, state)])]
+        offset = len(state.choices[delta.index].text) - len(delta.text)
+        return [self._response(state, [self._choice(request, delta, offset)])]
 
     def usage_chunk(self, state: RequestState) -> BaseModel:
         return self._response(state, [], state.usage())
 
     def full_response(self, request: CompletionRequest, state: RequestState) -> BaseModel:
-        return self._response(state, [self._choice(request, state.text, state.logprobs, 0, state)], state.usage())
+        return self._response(state, [self._choice(request, choice, 0) for choice in state.choices], state.usage())
 
     @staticmethod
     def _response(state: RequestState, choices: list[CompletionResponseChoice],

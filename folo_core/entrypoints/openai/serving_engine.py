@@ -37,31 +37,34 @@ T = TypeVar("T")
 
 @dataclass
 class RequestState:
-    """One request's identity and everything its DELTA outputs added up to so far."""
+    """One request's identity and what its DELTA outputs added up to so far, per choice (``n``)."""
 
     request_id: str
     model: str
+    n: int
     created: int = field(default_factory=lambda: int(time.time()))
     prompt_token_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    num_output_tokens: int = 0
-    logprobs: SampleLogprobs = field(default_factory=list)
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
+    choices: list[CompletionOutput] = field(init=False)
 
-    def add(self, output: RequestOutput) -> CompletionOutput:
-        delta = output.outputs[0]
+    def __post_init__(self) -> None:
+        self.choices = [CompletionOutput(index=i, text="", token_ids=[], logprobs=[]) for i in range(self.n)]
+
+    def add(self, output: RequestOutput) -> list[CompletionOutput]:
+        """Fold in one output; returns its deltas (one per choice that moved)."""
         self.prompt_token_ids = output.prompt_token_ids
-        self.text += delta.text
-        self.num_output_tokens += len(delta.token_ids)
-        self.logprobs.extend(delta.logprobs or [])
-        self.finish_reason, self.stop_reason = delta.finish_reason, delta.stop_reason
-        return delta
+        for delta in output.outputs:
+            choice = self.choices[delta.index]
+            choice.text += delta.text
+            choice.token_ids.extend(delta.token_ids)
+            choice.logprobs.extend(delta.logprobs or [])
+            choice.finish_reason, choice.stop_reason = delta.finish_reason, delta.stop_reason
+        return output.outputs
 
     def usage(self) -> UsageInfo:
-        prompt_tokens = len(self.prompt_token_ids)
-        return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=self.num_output_tokens,
-                         total_tokens=prompt_tokens + self.num_output_tokens)
+        prompt_tokens = len(self.prompt_token_ids)  # shared by all n choices, counted once (as vLLM does)
+        completion_tokens = sum(len(choice.token_ids) for choice in self.choices)
+        return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                         total_tokens=prompt_tokens + completion_tokens)
 
 
 def sse(payload: BaseModel | str) -> str:
@@ -83,7 +86,7 @@ class OpenAIServing(ABC, Generic[RequestT]):
 
     @abstractmethod
     def stream_chunks(self, request: RequestT, state: RequestState, delta: CompletionOutput) -> list[BaseModel]:
-        """The SSE chunks for one DELTA output (possibly none)."""
+        """The chunks for one choice's delta (possibly none); ``state`` already includes it."""
 
     @abstractmethod
     def usage_chunk(self, state: RequestState) -> BaseModel:
@@ -101,7 +104,7 @@ class OpenAIServing(ABC, Generic[RequestT]):
             params = request.to_sampling_params()
         except ValueError as exc:
             raise bad_request(str(exc)) from None
-        state = RequestState(f"{self.request_id_prefix}-{uuid.uuid4().hex}", self.model_name)
+        state = RequestState(f"{self.request_id_prefix}-{uuid.uuid4().hex}", self.model_name, params.n)
         outputs = self.engine.generate(prompt, params, state.request_id)
         try:
             if request.stream:
@@ -135,11 +138,11 @@ class OpenAIServing(ABC, Generic[RequestT]):
     async def _stream(self, request: RequestT, state: RequestState, first: RequestOutput,
                       outputs: AsyncGenerator[RequestOutput, None]) -> AsyncIterator[str]:
         try:
-            for chunk in self.stream_chunks(request, state, state.add(first)):
-                yield sse(chunk)
+            for chunk in self._chunks(request, state, first):
+                yield chunk
             async for output in outputs:
-                for chunk in self.stream_chunks(request, state, state.add(output)):
-                    yield sse(chunk)
+                for chunk in self._chunks(request, state, output):
+                    yield chunk
             if request.include_usage:
                 yield sse(self.usage_chunk(state))
         except Exception as exc:  # the 200 status is sent: report the error inside the stream
@@ -149,6 +152,9 @@ class OpenAIServing(ABC, Generic[RequestT]):
         finally:
             await outputs.aclose()  # aborts the request if it is still running
         yield sse("[DONE]")
+
+    def _chunks(self, request: RequestT, state: RequestState, output: RequestOutput) -> list[str]:
+        return [sse(chunk) for delta in state.add(output) for chunk in self.stream_chunks(request, state, delta)]
 
 
 class _ClientGone(Exception):
