@@ -141,7 +141,7 @@ def test_third_party_subclass_runs_declared_cases_and_skips_the_rest(pytester):
     result.assert_outcomes(passed=8, skipped=8)
     result.stdout.fnmatch_lines(["*test_conformance?prefill-gqa2-bs8-float32? PASSED*",
                                  "*test_conformance?prefill-gqa2-bs16-float32? PASSED*"])
-    result.stdout.fnmatch_lines(["*float32_only does not declare *bfloat16: dtype torch.bfloat16 not in*"])
+    result.stdout.fnmatch_lines(["*float32_only cannot run *bfloat16 on cpu: dtype torch.bfloat16 not in*"])
 
 
 def test_undeclared_gqa_is_skipped_with_the_reason():

@@ -92,9 +92,9 @@ def conformance_cases(backend: type[AttentionBackend],
 
 
 def skip_reason(backend: type[AttentionBackend], case: ConformanceCase, device: str) -> str | None:
-    """Why the backend's own declaration rules ``case`` out on ``device``, or None."""
+    """Why the backend cannot run ``case`` on ``device`` by its own account, or None."""
     reasons = backend.check_eligibility(case.selection_context(device))
-    return f"{backend.name} does not declare {case}: {'; '.join(reasons)}" if reasons else None
+    return f"{backend.name} cannot run {case} on {device}: {'; '.join(reasons)}" if reasons else None
 
 
 def _schedule(scenario: str, rng: np.random.Generator, block_size: int) -> list[list[int]]:
