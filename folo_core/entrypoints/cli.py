@@ -57,8 +57,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         print(f"\n{kind}:")
         for row in rows:
             mark = "->" if row["selected"] else "  "
-            why = "eligible" if not row["reasons"] else "; ".join(row["reasons"])
-            print(f"  {mark} {row['name']} (priority {row['priority']}, plugin {row['plugin']}): {why}")
+            print(f"  {mark} {row['name']} (priority {row['priority']}, plugin {row['plugin']}): {row['why']}")
     return 0
 
 

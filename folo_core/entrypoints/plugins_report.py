@@ -36,17 +36,27 @@ def _context(config: EngineConfig) -> SelectionContext:
 
 
 def explain_report(config: EngineConfig) -> dict[str, list[dict[str, Any]]]:
-    """For each kind: every implementation in ``auto`` order, its ineligibility reasons, the pick."""
+    """For each kind: every implementation in ``auto`` order, why it is or is not picked, the pick."""
     manager = get_plugin_manager()
     ctx = _context(config)
     out: dict[str, list[dict[str, Any]]] = {}
     for kind, selected_name in _SELECTED_BY.items():
         wanted = selected_name(config)
-        rows, chosen = [], None
-        for entry, reasons in manager.registry(kind).explain(ctx):
-            if chosen is None and not reasons and wanted in ("auto", entry.name):
-                chosen = entry.name
-            rows.append({"name": entry.name, "plugin": entry.plugin, "priority": entry.priority,
-                         "reasons": reasons, "selected": entry.name == chosen})
-        out[kind] = rows
+        report = manager.registry(kind).explain(ctx)
+        chosen = next((e.name for e, reasons in report if not reasons and wanted in ("auto", e.name)), None)
+        out[kind] = [{"name": entry.name, "plugin": entry.plugin, "priority": entry.priority,
+                      "reasons": reasons, "selected": entry.name == chosen,
+                      "why": _why(entry.name, reasons, chosen, wanted)}
+                     for entry, reasons in report]
     return out
+
+
+def _why(name: str, reasons: list[str], chosen: str | None, wanted: str) -> str:
+    """One line for ``folo plugins --explain``: the pick, or why not this one."""
+    if reasons:
+        return "not eligible: " + "; ".join(reasons)
+    if name == chosen:
+        return "picked (asked for by name)" if wanted == name else "picked: highest-priority eligible"
+    if wanted == "auto":
+        return f"eligible, but {chosen!r} ranks higher"
+    return f"eligible, but {wanted!r} was asked for"
