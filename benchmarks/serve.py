@@ -1,8 +1,8 @@
 """Serving benchmark for a running ``folo serve`` (modelled on vLLM's ``benchmark_serving.py``).
 
 Sends ``--num-prompts`` streamed completion requests of random token ids
-(``--input-len`` each, from the tokenizer's vocabulary, seeded) that each
-generate exactly ``--output-len`` tokens (``ignore_eos``), arriving as a
+(vLLM's seeded "random" dataset, shared with the offline benchmarks: ``--input-len``
+tokens in, exactly ``--output-len`` out with ``ignore_eos``), arriving as a
 Poisson process at ``--request-rate`` per second (``inf``: all at once), with at
 most ``--max-concurrency`` in flight. Reports completed/failed requests,
 throughput, and mean/median/p99 of TTFT, TPOT and inter-token latency.
@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
+from common import BenchRequest, random_requests, vocab_size
+
 
 @dataclass
 class RequestResult:
@@ -37,25 +39,10 @@ class RequestResult:
     error: str = ""
 
 
-def random_prompts(tokenizer_path: str | None, num_prompts: int, input_len: int, seed: int) -> list[list[int]]:
-    """Token ids drawn uniformly from the vocabulary, special tokens excluded."""
-    from transformers import AutoTokenizer
-
-    if tokenizer_path is None:
-        from folo_core.default_model import default_model_path
-
-        tokenizer_path = default_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    vocab = np.setdiff1d(np.arange(len(tokenizer)), np.array(tokenizer.all_special_ids, dtype=np.int64))
-    rng = np.random.default_rng(seed)
-    return [rng.choice(vocab, input_len).tolist() for _ in range(num_prompts)]
-
-
-async def send_request(client: httpx.AsyncClient, url: str, model: str | None, prompt: list[int],
-                       output_len: int) -> RequestResult:
-    result = RequestResult(prompt_len=len(prompt))
-    payload = {"model": model, "prompt": prompt, "max_tokens": output_len, "temperature": 0.0,
-               "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+async def send_request(client: httpx.AsyncClient, url: str, model: str | None, request: BenchRequest) -> RequestResult:
+    result = RequestResult(prompt_len=len(request.prompt_token_ids))
+    payload = {"model": model, "prompt": request.prompt_token_ids, "max_tokens": request.output_len,
+               "temperature": 0.0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
     start = last = time.perf_counter()
     try:
         async with client.stream("POST", url, json=payload) as response:
@@ -86,22 +73,22 @@ async def send_request(client: httpx.AsyncClient, url: str, model: str | None, p
     return result
 
 
-async def run_benchmark(args: argparse.Namespace, prompts: list[list[int]]) -> tuple[list[RequestResult], float]:
+async def run_benchmark(args: argparse.Namespace, requests: list[BenchRequest]) -> tuple[list[RequestResult], float]:
     rng = np.random.default_rng(args.seed)
-    limit = asyncio.Semaphore(args.max_concurrency or len(prompts))
+    limit = asyncio.Semaphore(args.max_concurrency or len(requests))
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     url = args.base_url.rstrip("/") + args.endpoint
 
-    async def limited(prompt: list[int]) -> RequestResult:
+    async def limited(request: BenchRequest) -> RequestResult:
         async with limit:
-            return await send_request(client, url, args.model, prompt, args.output_len)
+            return await send_request(client, url, args.model, request)
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(None), headers=headers,
                                  limits=httpx.Limits(max_connections=None)) as client:
         start = time.perf_counter()
         tasks = []
-        for prompt in prompts:
-            tasks.append(asyncio.create_task(limited(prompt)))
+        for request in requests:
+            tasks.append(asyncio.create_task(limited(request)))
             if math.isfinite(args.request_rate):
                 await asyncio.sleep(rng.exponential(1.0 / args.request_rate))  # Poisson arrivals
         results = await asyncio.gather(*tasks)
@@ -157,11 +144,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base-url", default="http://127.0.0.1:8000")
     parser.add_argument("--endpoint", default="/v1/completions")
     parser.add_argument("--model", default=None, help="Model name to send (default: the server's).")
-    parser.add_argument("--tokenizer", default=None, help="Tokenizer directory for random prompts (default: SmolLM2).")
+    parser.add_argument("--tokenizer", default=None,
+                        help="Checkpoint whose vocabulary the random prompts use (default: the embedded SmolLM2).")
     parser.add_argument("--api-key", default=os.environ.get("FOLO_API_KEY"))
     parser.add_argument("--num-prompts", type=int, default=32)
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--range-ratio", type=float, default=0.0,
+                        help="Lengths uniform in [len * (1 - r), len * (1 + r)] (vLLM's random dataset).")
     parser.add_argument("--request-rate", type=float, default=math.inf,
                         help="Requests per second, Poisson arrivals (default inf: all at once).")
     parser.add_argument("--max-concurrency", type=int, default=None, help="Most requests in flight at once.")
@@ -172,8 +162,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    prompts = random_prompts(args.tokenizer, args.num_prompts, args.input_len, args.seed)
-    results, duration = asyncio.run(run_benchmark(args, prompts))
+    if args.tokenizer is None:
+        from folo_core.default_model import default_model_path
+
+        args.tokenizer = default_model_path()
+    requests = random_requests(args.num_prompts, args.input_len, args.output_len, args.range_ratio,
+                               vocab_size(args.tokenizer), args.seed)
+    results, duration = asyncio.run(run_benchmark(args, requests))
     summary = summarize(results, duration)
     print_summary(summary, [r.error for r in results if not r.success])
     if args.result_json:

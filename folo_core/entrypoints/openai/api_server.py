@@ -31,7 +31,10 @@ logger = init_logger(__name__)
 
 
 class APIKeyMiddleware:
-    """401 for ``/v1/*`` requests without ``Authorization: Bearer <key>`` (``/health``, ``/metrics`` stay open, as in vLLM)."""
+    """401 for ``/v1/*`` requests without ``Authorization: Bearer <key>``.
+
+    ``/health`` and ``/metrics`` stay open for probes and scrapers, as in vLLM.
+    """
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
