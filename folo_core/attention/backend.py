@@ -112,9 +112,14 @@ class AttentionBackend(ABC):
     capabilities: ClassVar[AttentionCapabilities] = AttentionCapabilities()
 
     @staticmethod
-    @abstractmethod
     def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int, head_size: int) -> tuple[int, ...]:
-        """Shape of one layer's KV cache tensor."""
+        """Shape of one layer's KV cache tensor.
+
+        The default, keys then values each ``[num_blocks, block_size, kv_heads, head]``,
+        is what flash-attn's paged kernels read; a backend with another layout
+        overrides this and ``split_kv_cache`` together.
+        """
+        return (2, num_blocks, block_size, num_kv_heads, head_size)
 
     @staticmethod
     @abstractmethod
@@ -129,9 +134,9 @@ class AttentionBackend(ABC):
     def split_kv_cache(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Key and value views, each ``[num_blocks, block_size, num_kv_heads, head_size]``.
 
-        The default matches ``get_kv_cache_shape`` = ``(2, num_blocks, block_size, kv_heads, head)``;
-        a backend with another layout overrides both. The conformance kit reads
-        the cache back through this to check the layout round trip.
+        The default splits the default ``get_kv_cache_shape`` layout. The
+        conformance kit reads the cache back through this to check the layout
+        round trip.
         """
         return kv_cache[0], kv_cache[1]
 

@@ -73,6 +73,8 @@ class FlashAttentionImpl(AttentionImpl):
 
 
 class FlashAttentionBackend(AttentionBackend):
+    """Keeps the default KV layout: its key/value halves are the kernels' paged ``k_cache``/``v_cache``."""
+
     name = "flash_attn"
     capabilities = AttentionCapabilities(
         devices=("cuda",),
@@ -80,10 +82,6 @@ class FlashAttentionBackend(AttentionBackend):
         head_sizes=tuple(range(8, 257, 8)),
         block_size_multiple=PAGED_BLOCK_SIZE_MULTIPLE,
     )
-
-    @staticmethod
-    def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int, head_size: int) -> tuple[int, ...]:
-        return (2, num_blocks, block_size, num_kv_heads, head_size)
 
     @staticmethod
     def get_impl_cls() -> type[AttentionImpl]:

@@ -60,13 +60,9 @@ class ChunkedOnlineSoftmaxImpl(AttentionImpl):
 
 
 class ChunkedOnlineSoftmaxBackend(AttentionBackend):
-    """Runs anywhere torch does; keeps Folo's default KV layout."""
+    """Runs anywhere torch does; keeps the default KV layout (see AttentionBackend.get_kv_cache_shape)."""
 
     name = "chunked_online_softmax"
-
-    @staticmethod
-    def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int, head_size: int) -> tuple[int, ...]:
-        return (2, num_blocks, block_size, num_kv_heads, head_size)
 
     @staticmethod
     def get_impl_cls() -> type[AttentionImpl]:
