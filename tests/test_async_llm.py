@@ -115,7 +115,7 @@ def test_stop_string_split_across_chunks_is_held_back(async_llm, reference):
     assert outputs[-1].outputs[0].stop_reason == stop
 
 
-def test_closing_or_cancelling_a_stream_aborts_the_request(async_llm, stat_logger):
+def test_closing_cancelling_or_aborting_a_stream_frees_its_blocks(async_llm, stat_logger):
     long = SamplingParams(temperature=0.0, max_tokens=900, ignore_eos=True)
 
     async def close_early():
@@ -140,13 +140,22 @@ def test_closing_or_cancelling_a_stream_aborts_the_request(async_llm, stat_logge
             await task
         return await wait_until_idle(async_llm, timeout=5.0)
 
+    async def abort_by_id():
+        outputs = []
+        async for out in async_llm.generate(PROMPTS[3], long, "by-id"):
+            outputs.append(out)
+            async_llm.abort("by-id")  # e.g. a server-side timeout: the stream just ends
+        assert outputs and not outputs[-1].finished
+        return await wait_until_idle(async_llm, timeout=5.0)
+
     stat_logger.settle(async_llm).clear()
     asyncio.run(close_early())
     asyncio.run(cancel_task())
+    asyncio.run(abort_by_id())
     its = stat_logger.settle(async_llm)
-    assert [f.finish_reason for it in its for f in it.finished_requests] == ["abort", "abort"]
+    assert [f.finish_reason for it in its for f in it.finished_requests] == ["abort"] * 3
     generated = sum(it.num_generation_tokens for it in its)
-    assert generated < 2 * 900, "the aborted requests ran to their max_tokens"
+    assert generated < 3 * 900, "the aborted requests ran to their max_tokens"
 
 
 def test_add_request_errors_reach_only_their_caller(async_llm, reference):
