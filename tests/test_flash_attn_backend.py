@@ -13,9 +13,7 @@ import pytest
 import torch
 
 import flash_attn_reference
-from folo_core import SamplingParams
-from folo_core.config import EngineConfig
-from folo_core.engine.llm_engine import LLMEngine
+from folo_core import LLM, SamplingParams
 from folo_core.hookspecs import hookimpl
 from folo_core.plugins import FoloPluginManager, PluginInfo
 from folo_core.testing import AttentionBackendConformance
@@ -173,25 +171,21 @@ class _CPUFlashPlugin:
         register("flash_attn_cpu", CPUFlashAttentionBackend)
 
 
-def test_engine_with_flash_backend_on_reference_kernels_matches_hf(tiny_model_dir, reference_kernels):
-    model = tiny_model_dir("qwen3")  # head size 32, GQA 4
+def test_engine_with_flash_backend_on_reference_kernels_matches_hf(tiny_model_dir, reference_kernels,
+                                                                   monkeypatch):
     manager = FoloPluginManager()
     manager.load_entry_points()
     manager.register(_CPUFlashPlugin(), PluginInfo("flash_attn_cpu"))
-    config = EngineConfig.from_kwargs(model=str(model), attention_backend="flash_attn_cpu", dtype="float32",
-                                      block_size=256, num_gpu_blocks_override=8, skip_tokenizer_init=True,
-                                      max_num_batched_tokens=32)  # the 45-token prompt arrives in two chunks
-    engine = LLMEngine(config, plugins=manager)
-    prompts = random_prompts(3, 512, seed=4, max_len=45)
-    prompts[0] = prompts[0][:1] + list(range(44))
-    params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
-    for i, prompt in enumerate(prompts):
-        engine.add_request(str(i), {"prompt_token_ids": prompt}, params)
-    done = {}
-    while engine.has_unfinished_requests():
-        done.update({out.request_id: out.outputs[0].token_ids for out in engine.step() if out.finished})
-    assert engine.engine_core.selected.attention_backend == "flash_attn_cpu"
-    assert [done[str(i)] for i in range(3)] == hf_greedy(model, prompts, 6)
+    monkeypatch.setattr("folo_core.engine.llm_engine.get_plugin_manager", lambda: manager)
+    model = tiny_model_dir("qwen3")  # head size 32, GQA 4
+    llm = LLM(str(model), attention_backend="flash_attn_cpu", dtype="float32", block_size=256,
+              num_gpu_blocks_override=8, skip_tokenizer_init=True,
+              max_num_batched_tokens=32)  # the 45-token prompt arrives in two chunks
+    assert llm.llm_engine.engine_core.selected.attention_backend == "flash_attn_cpu"
+    prompts = [[1, *range(44)], *random_prompts(2, 512, seed=4, max_len=30)]
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts],
+                           SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True), use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outputs] == hf_greedy(model, prompts, 6)
 
 
 # -- the real kernels (run only where CUDA and flash-attn are present) ----------------------
