@@ -77,7 +77,7 @@ class ConformanceCase:
 
 
 def declared_block_sizes(backend: type[AttentionBackend]) -> tuple[int, ...]:
-    """The smallest block size the backend allows, and the next one (at least 16)."""
+    """The smallest block size the backend allows, and a larger one (16, or twice the smallest)."""
     multiple = backend.capabilities.block_size_multiple
     return (multiple, max(2 * multiple, cdiv(16, multiple) * multiple))
 
