@@ -72,7 +72,8 @@ class _UnmaskedDecodeBuilder(PagedSDPAMetadataBuilder):
 
     def build(self, common):
         md = super().build(common)
-        md.decode_mask = torch.ones_like(md.decode_mask)
+        for bucket in md.decode_buckets:
+            bucket.mask = torch.ones_like(bucket.mask)
         return md
 
 

@@ -1,9 +1,10 @@
 """Paged attention for CPU on ``scaled_dot_product_attention``.
 
-Decode tokens of all requests go through one batched SDPA call over their padded
-block tables; prefill chunks (which may continue after cached tokens) run one
-SDPA call each with a bottom-right causal mask. The split is computed once per
-step by the metadata builder.
+Decode tokens go through batched SDPA calls over padded block tables, one call
+per bucket of requests with similar context lengths (padding is memory traffic,
+and decode attention on CPU is bound by it); prefill chunks (which may continue
+after cached tokens) run one SDPA call each with a bottom-right causal mask. The
+split is computed once per step by the metadata builder.
 """
 
 from __future__ import annotations
@@ -25,37 +26,52 @@ from folo_core.utils import cdiv
 
 
 @dataclass
+class DecodeBucket:
+    """Decode requests of similar length, attended in one call."""
+
+    token_idx: torch.Tensor  # [n] positions in the flat batch
+    block_ids: torch.Tensor  # [n * max_blocks] their block tables, flattened for index_select
+    num_blocks: int  # max_blocks of this bucket
+    mask: torch.Tensor  # [n, 1, 1, max_blocks * block_size], True = attend
+
+
+@dataclass
 class PagedSDPAMetadata:
     common: CommonAttentionMetadata
-    # Decode requests (one new token each), batched.
-    decode_token_idx: torch.Tensor  # [num_decodes] positions in the flat batch
-    decode_block_table: torch.Tensor  # [num_decodes, max_blocks]
-    decode_mask: torch.Tensor  # [num_decodes, 1, 1, max_blocks * block_size], True = attend
+    decode_buckets: list[DecodeBucket]
     # Prefill chunks: (row in the batch, first token, end token, kv_len) per request.
     prefills: list[tuple[int, int, int, int]]
+
+
+_MIN_BUCKET = 8  # requests; below this, a call's fixed cost outweighs the padding it saves
+_MAX_BUCKETS = 4
 
 
 class PagedSDPAMetadataBuilder(AttentionMetadataBuilder):
     def build(self, common: CommonAttentionMetadata) -> PagedSDPAMetadata:
         starts = common.query_start_loc_cpu
-        q_lens = (starts[1:] - starts[:-1])
         seq_lens = common.seq_lens_cpu
-        is_decode = q_lens == 1
+        is_decode = (starts[1:] - starts[:-1]) == 1
         decode_rows = torch.nonzero(is_decode).flatten()
-        decode_seq = seq_lens[decode_rows]
-        max_blocks = cdiv(int(decode_seq.max()), common.block_size) if len(decode_rows) else 0
-        positions = torch.arange(max_blocks * common.block_size)
-        decode_mask = (positions[None, :] < decode_seq[:, None])[:, None, None, :]
+        decode_rows = decode_rows[seq_lens[decode_rows].argsort()]
+        num_buckets = min(_MAX_BUCKETS, max(1, len(decode_rows) // _MIN_BUCKET))
+        buckets = [self._bucket(common, rows) for rows in decode_rows.tensor_split(num_buckets) if len(rows)]
         prefills = [
             (i, int(starts[i]), int(starts[i + 1]), int(seq_lens[i]))
             for i in torch.nonzero(~is_decode).flatten().tolist()
         ]
-        return PagedSDPAMetadata(
-            common=common,
-            decode_token_idx=starts[:-1][decode_rows].to(self.device, torch.long),
-            decode_block_table=common.block_table[decode_rows.to(common.block_table.device), :max_blocks],
-            decode_mask=decode_mask.to(self.device),
-            prefills=prefills,
+        return PagedSDPAMetadata(common=common, decode_buckets=buckets, prefills=prefills)
+
+    def _bucket(self, common: CommonAttentionMetadata, rows: torch.Tensor) -> DecodeBucket:
+        lens = common.seq_lens_cpu[rows]
+        num_blocks = cdiv(int(lens.max()), common.block_size)
+        mask = (torch.arange(num_blocks * common.block_size)[None, :] < lens[:, None])[:, None, None, :]
+        table = common.block_table[rows.to(common.block_table.device), :num_blocks]
+        return DecodeBucket(
+            token_idx=common.query_start_loc_cpu[rows].to(self.device, torch.long),
+            block_ids=table.reshape(-1).to(torch.long),
+            num_blocks=num_blocks,
+            mask=mask.to(self.device),
         )
 
 
@@ -66,8 +82,8 @@ class PagedSDPAImpl(AttentionImpl):
         key_cache, value_cache = PagedSDPABackend.split_kv_cache(kv_cache)
         write_to_kv_cache(key_cache, value_cache, key, value, md.common.slot_mapping)
         out = torch.empty_like(query)
-        if md.decode_token_idx.numel():
-            out[md.decode_token_idx] = self._decode(query[md.decode_token_idx], key_cache, value_cache, md)
+        for bucket in md.decode_buckets:
+            out[bucket.token_idx] = self._decode(query[bucket.token_idx], key_cache, value_cache, bucket)
         block_size = md.common.block_size
         for row, start, end, kv_len in md.prefills:
             blocks = md.common.block_table[row, :cdiv(kv_len, block_size)]
@@ -82,15 +98,16 @@ class PagedSDPAImpl(AttentionImpl):
         return out
 
     def _decode(self, q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
-                md: PagedSDPAMetadata) -> torch.Tensor:
+                bucket: DecodeBucket) -> torch.Tensor:
         num = q.shape[0]
         group = self.num_heads // self.num_kv_heads
-        # [num, max_blocks, block, KH, D] -> [num, KH, L, D]
-        k = key_cache[md.decode_block_table].flatten(1, 2).transpose(1, 2)
-        v = value_cache[md.decode_block_table].flatten(1, 2).transpose(1, 2)
+        shape = (num, bucket.num_blocks * key_cache.shape[1], self.num_kv_heads, self.head_size)
+        # index_select over whole blocks, then [num, L, KH, D] -> [num, KH, L, D] (a view).
+        k = key_cache.index_select(0, bucket.block_ids).view(shape).transpose(1, 2)
+        v = value_cache.index_select(0, bucket.block_ids).view(shape).transpose(1, 2)
         # One query token per request: fold the GQA group into the query-length axis.
         q = q.view(num, self.num_kv_heads, group, self.head_size)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=md.decode_mask, scale=self.scale)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bucket.mask, scale=self.scale)
         return o.reshape(num, self.num_heads, self.head_size)
 
 

@@ -1,7 +1,7 @@
 """The default sampler, vectorised over the batch with per-row parameters.
 
 Order (vLLM v1): raw logprobs -> min_tokens ban -> penalties -> greedy argmax, or
-temperature -> min-p -> top-k/top-p -> an exponential race that lets seeded rows
+temperature -> min-p -> top-k/top-p -> inverse-CDF sampling in which seeded rows
 draw from their own generator.
 """
 
@@ -71,13 +71,18 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: t
 
 
 def random_sample(probs: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
-    """argmax(p / q) with q ~ Exp(1) draws a token with probability p (the Gumbel trick)."""
-    q = torch.empty_like(probs)
-    if len(generators) < probs.shape[0]:
-        q.exponential_()
+    """Inverse-CDF sampling: one uniform draw per row, from the row's own generator if seeded.
+
+    One draw per row (not one per vocabulary entry, as vLLM's exponential race
+    takes) keeps sampling cheap on CPU. Tokens of probability zero are never
+    picked: the search finds the first token whose cumulative mass reaches u > 0.
+    """
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand(probs.shape[0], 1, device=probs.device)
     for row, generator in generators.items():
-        q[row].exponential_(generator=generator)
-    return probs.div(q).argmax(dim=-1)
+        u[row] = torch.rand(1, generator=generator, device=probs.device)
+    u = (u * cdf[:, -1:]).clamp_min_(torch.finfo(cdf.dtype).tiny)
+    return torch.searchsorted(cdf, u).squeeze(1).clamp_(max=probs.shape[1] - 1)
 
 
 def compute_logprobs(raw_logits: torch.Tensor, sampled: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
