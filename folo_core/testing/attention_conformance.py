@@ -2,10 +2,10 @@
 
 A case runs a few engine steps of random ragged requests through the backend,
 exactly as the model runner would (metadata from ``build_flat_batch``, built
-once per step and shared by two layers, each with its own randomly filled,
-shuffled paged cache), and checks every output against the reference math
-(``folo_core.attention.ops.causal_attention``, in float32, on each request's
-keys and values so far). After the last step it reads the cache back through
+once per step and shared by two layers, each with its own shuffled paged cache
+whose unwritten slots hold NaN, so reading one shows), and checks every output
+against the reference math (``folo_core.attention.ops.causal_attention``, in
+float32, on each request's keys and values so far). After the last step it reads the cache back through
 the backend's ``split_kv_cache`` at every slot any step wrote.
 
 Cases cover pure prefill, pure decode, mixed batches and chunked prefill
@@ -137,7 +137,7 @@ def _make_workload(case: ConformanceCase) -> _Workload:
     orders = [rng.permutation(len(plan)).tolist() for _ in plan[0]]
     totals = [sum(steps) for steps in plan]
     # Blocks are handed out in shuffled order; unused table entries point at valid
-    # blocks full of garbage, which a backend must never read.
+    # blocks of NaN, which a backend must never let into an output.
     blocks_per_req = [cdiv(n, case.block_size) for n in totals]
     num_blocks = sum(blocks_per_req) + 2
     block_ids = rng.permutation(num_blocks).astype(np.int32)
@@ -169,8 +169,9 @@ def check_conformance(backend: type[AttentionBackend], case: ConformanceCase, de
     dev = torch.device(device)
     kvh, d = NUM_KV_HEADS, case.head_size
     shape = backend.get_kv_cache_shape(work.num_blocks, case.block_size, kvh, d)
-    gen = torch.Generator().manual_seed(case.seed + 1)
-    caches = [torch.randn(shape, generator=gen).to(case.dtype).to(dev) for _ in range(NUM_LAYERS)]
+    # NaN everywhere nothing was written: stale blocks of another request (whose model
+    # may have overflowed) must never leak into this request's output, even masked.
+    caches = [torch.full(shape, float("nan"), dtype=case.dtype, device=dev) for _ in range(NUM_LAYERS)]
     impl = backend.get_impl_cls()(case.num_heads, d, case.scale, kvh)
     builder = backend.get_builder_cls()(backend, dev)
 

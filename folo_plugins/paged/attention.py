@@ -1,8 +1,10 @@
 """Paged attention for CPU on ``scaled_dot_product_attention``.
 
-Decode tokens go through batched SDPA calls over padded block tables, one call
-per bucket of requests with similar context lengths (padding is memory traffic,
-and decode attention on CPU is bound by it); prefill chunks (which may continue
+Decode tokens are attended in buckets of requests with similar context lengths
+(padding is memory traffic, and decode attention on CPU is bound by it): large
+buckets through the compiled kernel of ``decode_kernel.py``, which reads the
+cache once through the block table, small ones through SDPA over gathered
+blocks, where a kernel call would cost more than it saves; prefill chunks (which may continue
 after cached tokens) run one SDPA call each with a bottom-right causal mask. The
 split is computed once per step by the metadata builder.
 """
@@ -23,6 +25,7 @@ from folo_core.attention.backend import (
 )
 from folo_core.attention.ops import gather_kv, write_to_kv_cache
 from folo_core.utils import cdiv
+from folo_plugins.paged.decode_kernel import CompiledDecode
 
 
 @dataclass
@@ -30,9 +33,13 @@ class DecodeBucket:
     """Decode requests of similar length, attended in one call."""
 
     token_idx: torch.Tensor  # [n] positions in the flat batch
-    block_ids: torch.Tensor  # [n * max_blocks] their block tables, flattened for index_select
-    num_blocks: int  # max_blocks of this bucket
+    block_table: torch.Tensor  # [n, max_blocks] their block tables (contiguous)
+    seq_lens: torch.Tensor  # [n]
     mask: torch.Tensor  # [n, 1, 1, max_blocks * block_size], True = attend
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.mask.shape[0] * self.mask.shape[-1]
 
 
 @dataclass
@@ -66,16 +73,18 @@ class PagedSDPAMetadataBuilder(AttentionMetadataBuilder):
         lens = common.seq_lens_cpu[rows]
         num_blocks = cdiv(int(lens.max()), common.block_size)
         mask = (torch.arange(num_blocks * common.block_size)[None, :] < lens[:, None])[:, None, None, :]
-        table = common.block_table[rows.to(common.block_table.device), :num_blocks]
+        device_rows = rows.to(common.block_table.device)
         return DecodeBucket(
             token_idx=common.query_start_loc_cpu[rows].to(self.device, torch.long),
-            block_ids=table.reshape(-1).to(torch.long),
-            num_blocks=num_blocks,
+            block_table=common.block_table[device_rows, :num_blocks].to(torch.long).contiguous(),
+            seq_lens=common.seq_lens[device_rows],
             mask=mask.to(self.device),
         )
 
 
 class PagedSDPAImpl(AttentionImpl):
+    # Buckets with at least this many (padded) context tokens use the compiled kernel.
+    compiled_decode_min_tokens = 4096
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: PagedSDPAMetadata) -> torch.Tensor:
         md = attn_metadata
@@ -100,14 +109,22 @@ class PagedSDPAImpl(AttentionImpl):
     def _decode(self, q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                 bucket: DecodeBucket) -> torch.Tensor:
         num = q.shape[0]
-        group = self.num_heads // self.num_kv_heads
-        shape = (num, bucket.num_blocks * key_cache.shape[1], self.num_kv_heads, self.head_size)
-        # index_select over whole blocks, then [num, L, KH, D] -> [num, KH, L, D] (a view).
-        k = key_cache.index_select(0, bucket.block_ids).view(shape).transpose(1, 2)
-        v = value_cache.index_select(0, bucket.block_ids).view(shape).transpose(1, 2)
         # One query token per request: fold the GQA group into the query-length axis.
-        q = q.view(num, self.num_kv_heads, group, self.head_size)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bucket.mask, scale=self.scale)
+        q = q.view(num, self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_size)
+        o = None
+        if bucket.padded_tokens >= self.compiled_decode_min_tokens:
+            o = CompiledDecode.run(q, key_cache, value_cache, bucket.block_table, bucket.seq_lens, self.scale)
+        if o is None:
+            shape = (num, bucket.mask.shape[-1], self.num_kv_heads, self.head_size)
+            # index_select over whole blocks: our own copy, so stale slots past each request's
+            # length (possibly NaN from another request) can be zeroed; masking alone lets NaN through.
+            block_ids = bucket.block_table.view(-1)
+            stale = ~bucket.mask.view(num, -1, 1, 1)
+            k = key_cache.index_select(0, block_ids).view(shape).masked_fill_(stale, 0)
+            v = value_cache.index_select(0, block_ids).view(shape).masked_fill_(stale, 0)
+            # [num, L, KH, D] -> [num, KH, L, D] (a view)
+            o = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=bucket.mask,
+                                               scale=self.scale)
         return o.reshape(num, self.num_heads, self.head_size)
 
 

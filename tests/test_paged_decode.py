@@ -1,0 +1,80 @@
+"""The paged backend's decode path: length buckets and the compiled kernel must not change results."""
+
+from __future__ import annotations
+
+import torch
+
+from folo_core import LLM, SamplingParams
+from folo_core.attention.backend import CommonAttentionMetadata
+from folo_core.testing import AttentionBackendConformance
+from folo_plugins.paged.attention import PagedSDPABackend, PagedSDPAImpl, PagedSDPAMetadataBuilder
+from folo_plugins.paged.decode_kernel import CompiledDecode
+from helpers import random_prompts
+
+
+def test_buckets_cover_every_decode_once_sorted_by_length():
+    lens = torch.randint(1, 200, (40,), dtype=torch.int32)
+    common = CommonAttentionMetadata(
+        query_start_loc=torch.arange(41, dtype=torch.int32), query_start_loc_cpu=torch.arange(41, dtype=torch.int32),
+        seq_lens=lens, seq_lens_cpu=lens, num_computed_tokens_cpu=lens - 1,
+        block_table=torch.arange(40 * 13, dtype=torch.int32).view(40, 13), slot_mapping=torch.zeros(40, dtype=torch.long),
+        num_reqs=40, num_actual_tokens=40, max_query_len=1, max_seq_len=int(lens.max()), block_size=16)
+    md = PagedSDPAMetadataBuilder(PagedSDPABackend, torch.device("cpu")).build(common)
+    assert len(md.decode_buckets) == 4
+    covered = torch.cat([b.token_idx for b in md.decode_buckets])
+    assert sorted(covered.tolist()) == list(range(40))
+    maxima = [int(lens[b.token_idx].max()) for b in md.decode_buckets]
+    assert maxima == sorted(maxima)
+    for b in md.decode_buckets:  # each bucket pads only to its own longest request
+        assert b.block_table.shape[1] == -(-int(lens[b.token_idx].max()) // 16)
+        assert b.mask.sum() == lens[b.token_idx].sum()
+
+
+def test_many_decodes_match_the_reference_backend(tiny_model_dir):
+    path = str(tiny_model_dir("llama"))
+    prompts = [{"prompt_token_ids": p} for p in random_prompts(40, 512, seed=40, min_len=1, max_len=120)]
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    naive = LLM(path, skip_tokenizer_init=True, dtype="float32", attention_backend="naive")
+    paged = LLM(path, skip_tokenizer_init=True, dtype="float32", attention_backend="paged")
+    expected = [o.outputs[0].token_ids for o in naive.generate(prompts, params, use_tqdm=False)]
+    assert [o.outputs[0].token_ids for o in paged.generate(prompts, params, use_tqdm=False)] == expected
+
+
+class _AlwaysCompiledImpl(PagedSDPAImpl):
+    compiled_decode_min_tokens = 0  # every decode bucket through the compiled kernel
+
+
+class _AlwaysCompiledBackend(PagedSDPABackend):
+    @staticmethod
+    def get_impl_cls():
+        return _AlwaysCompiledImpl
+
+
+class TestCompiledDecodeConformance(AttentionBackendConformance):
+    """The compiled decode kernel (used for large buckets) passes the kit on its own."""
+
+    backend = _AlwaysCompiledBackend
+
+
+def test_compiled_kernel_is_used_and_reads_only_each_request_tokens():
+    """Garbage (NaN) outside each request's tokens must not reach its output."""
+    torch.manual_seed(0)
+    key_cache = torch.full((12, 4, 2, 8), float("nan"))
+    value_cache = torch.full((12, 4, 2, 8), float("nan"))
+    block_table = torch.tensor([[3, 5, 0], [7, 0, 0]])
+    seq_lens = torch.tensor([6, 3])
+    for row, n in enumerate(seq_lens.tolist()):
+        for pos in range(n):
+            block, offset = block_table[row, pos // 4], pos % 4
+            key_cache[block, offset] = torch.randn(2, 8)
+            value_cache[block, offset] = torch.randn(2, 8)
+    q = torch.randn(2, 2, 3, 8)
+    out = CompiledDecode.run(q, key_cache, value_cache, block_table, seq_lens, 0.3)
+    assert out is not None and not CompiledDecode._failed
+    for row, n in enumerate(seq_lens.tolist()):
+        slots = torch.tensor([int(block_table[row, p // 4]) * 4 + p % 4 for p in range(n)])
+        k = key_cache.view(-1, 2, 8)[slots]  # [n, KH, D]
+        v = value_cache.view(-1, 2, 8)[slots]
+        scores = torch.einsum("hgd,nhd->hgn", q[row], k) * 0.3
+        expected = torch.einsum("hgn,nhd->hgd", scores.softmax(-1), v)
+        torch.testing.assert_close(out[row], expected, atol=1e-5, rtol=1e-5)
