@@ -61,12 +61,14 @@ class LinearBase(nn.Module):
             loaded = self._rank_slice(loaded, input_dim)
         output_dim = getattr(param, "output_dim", None)
         if output_dim is None:
-            # Not split by output (e.g. GPTQ's g_idx): all fused shards must agree.
-            if self.shard_names and shard_id != self.shard_names[0]:
+            # Not split by output (e.g. GPTQ's g_idx): all fused shards must agree,
+            # whichever arrives first (checkpoints list k_proj before q_proj).
+            if self.shard_names and getattr(param, "loaded_by_shard", False):
                 if not torch.equal(param.data, loaded.to(param.dtype)):
                     raise CheckpointError("fused shards disagree on a tensor they must share")
                 return
             default_weight_loader(param.data, loaded)
+            param.loaded_by_shard = True
             return
         if self.split_output:
             loaded = self._rank_slice(loaded, output_dim)
