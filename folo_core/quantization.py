@@ -8,12 +8,13 @@ built from the checkpoint's ``quantization_config`` and hands each linear layer 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
-from folo_core.registry import SelectionContext
+from folo_core.registry import PluginSelectionError, SelectionContext
 
 WeightLoader = Callable[..., None]
 
@@ -77,3 +78,66 @@ class QuantizationConfig(ABC):
     def hash_key(self) -> str:
         """Identifies the scheme in prefix-cache hashes (different KV for the same tokens)."""
         return repr(sorted(vars(self).items()))
+
+    @classmethod
+    def get_config_filenames(cls) -> list[str]:
+        """Files beside ``config.json`` holding the scheme when it has no ``quantization_config``
+        (AutoGPTQ's ``quantize_config.json``); finding one selects this quantizer."""
+        return []
+
+    def kernel_candidates(self, ctx: SelectionContext) -> list[tuple[str, list[str]]]:
+        """The kernels this scheme's linears may run on, in preference order, each with the
+        reasons it cannot run in ``ctx`` (shown by ``folo plugins --explain``)."""
+        return []
+
+    @classmethod
+    def quantize_checkpoint(cls, model_path: str, output_path: str, options: QuantizeOptions) -> None:
+        """Write a quantized copy of an HF checkpoint (``folo quantize``), if the scheme can."""
+        raise PluginSelectionError(f"quantizer {cls.name!r} cannot quantize checkpoints")
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """What ``folo quantize`` asks of a quantizer; a scheme rejects what it cannot do."""
+
+    bits: int = 4
+    group_size: int = 128  # -1: one group over the whole input
+    desc_act: bool = False
+    sym: bool = True
+    calibration_file: str | None = None  # None: the quantizer's built-in sample
+    num_samples: int = 128
+
+
+@dataclass(frozen=True)
+class WeightMemory:
+    """What the loaded model's tensors take, and how much quantization saved."""
+
+    total_bytes: int  # every parameter and buffer, tied tensors once
+    quantized_bytes: int  # the weights of quantized linear layers, as the kernels keep them
+    quantized_dense_bytes: int  # what those weights would take unquantized in the model dtype
+
+    @property
+    def quantized_ratio(self) -> float | None:
+        return self.quantized_bytes / self.quantized_dense_bytes if self.quantized_dense_bytes else None
+
+
+def quantized_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers whose quantization method is not the unquantized one."""
+    return [m for m in model.modules()
+            if isinstance(getattr(m, "quant_method", None), QuantizationMethod)
+            and not isinstance(m.quant_method, UnquantizedLinearMethod)]
+
+
+def weight_memory(model: nn.Module, dtype: torch.dtype) -> WeightMemory:
+    """Measure a loaded model; linear layers expose ``input_size_per_partition`` and
+    ``output_partition_sizes`` (the sizes ``create_weights`` received)."""
+    def nbytes(module: nn.Module, skip: tuple[str, ...] = ()) -> int:
+        tensors = [t for n, t in [*module.named_parameters(), *module.named_buffers()] if n not in skip]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    quantized = dense = 0
+    for module in quantized_layers(model):
+        quantized += nbytes(module, skip=("bias",))
+        dense += module.input_size_per_partition * sum(module.output_partition_sizes) * itemsize
+    return WeightMemory(nbytes(model), quantized, dense)

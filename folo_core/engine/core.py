@@ -7,14 +7,17 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from folo_core.config import EngineConfig
 from folo_core.logger import init_logger
+from folo_core.models import CheckpointError
 from folo_core.plugins import FoloPluginManager
 from folo_core.quantization import QuantizationConfig
-from folo_core.registry import PluginSelectionError, SelectionContext
+from folo_core.registry import PluginSelectionError, Registry, SelectionContext
 from folo_core.request import Request, RequestStatus
 from folo_core.sampling_params import SamplingParams
 from folo_core.sched.output import EngineCoreOutput
@@ -56,10 +59,27 @@ def quantization_config(config: EngineConfig, plugins: FoloPluginManager,
     if hf_quant is not None and not isinstance(hf_quant, dict):
         hf_quant = hf_quant.to_dict()
     name = config.model.quantization or (hf_quant or {}).get("quant_method")
+    registry = plugins.registry("quantizer")
+    if hf_quant is None:
+        name, hf_quant = quantization_file(config.model.model, registry, name)
     if name is None:
         return None
-    entry = plugins.registry("quantizer").select(name, ctx)
+    entry = registry.select(name, ctx)
     return entry.impl.from_config(hf_quant or {})
+
+
+def quantization_file(model_path: str, registry: Registry, name: str | None) -> tuple[str | None, dict | None]:
+    """(quantizer, settings) from a quantizer's own file beside config.json, e.g. AutoGPTQ's
+    ``quantize_config.json``; ``(name, None)`` when there is none."""
+    for entry in [registry.get(name)] if name else registry.entries():
+        for filename in entry.impl.get_config_filenames():
+            path = Path(model_path) / filename
+            if path.is_file():
+                try:
+                    return entry.name, json.loads(path.read_text())
+                except ValueError as exc:
+                    raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    return name, None
 
 
 @dataclass

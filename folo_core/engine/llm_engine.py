@@ -14,6 +14,7 @@ from folo_core.hf_utils import eos_token_ids, load_hf_config, load_tokenizer
 from folo_core.kv_cache.interface import PrefixCacheStats
 from folo_core.outputs import RequestOutput
 from folo_core.plugins import FoloPluginManager, get_plugin_manager
+from folo_core.quantization import WeightMemory
 from folo_core.sampling_params import SamplingParams
 
 
@@ -24,6 +25,7 @@ class EngineStats:
     kv_cache_usage: float
     num_blocks: int
     prefix_cache: PrefixCacheStats
+    weight_memory: WeightMemory  # what the loaded model's tensors take
 
 
 class LLMEngine:
@@ -101,4 +103,5 @@ class LLMEngine:
         scheduler = self.engine_core.scheduler
         manager = self.engine_core.kv_cache_manager
         return EngineStats(len(scheduler.running), len(scheduler.waiting), manager.usage,
-                           self.engine_core.num_blocks, manager.prefix_cache_stats)
+                           self.engine_core.num_blocks, manager.prefix_cache_stats,
+                           self.engine_core.model_runner.weight_memory)

@@ -1,4 +1,4 @@
-"""The ``folo`` command: ``generate``, ``serve`` and ``plugins`` (more subcommands register here)."""
+"""The ``folo`` command: ``generate``, ``serve``, ``plugins`` and ``quantize`` (more subcommands register here)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,26 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from folo_core.default_model import default_model_path
+    from folo_core.plugins import get_plugin_manager
+    from folo_core.quantization import QuantizeOptions
+
+    if len(args.paths) > 2:
+        raise ValueError("folo quantize takes [MODEL_DIR] OUTPUT_DIR")
+    model, output = (args.paths if len(args.paths) == 2 else [default_model_path(), args.paths[0]])
+    if Path(output).exists() and any(Path(output).iterdir()):
+        raise ValueError(f"output directory {output!r} is not empty")
+    quantizer = get_plugin_manager().registry("quantizer").get(args.method).impl
+    options = QuantizeOptions(bits=args.bits, group_size=args.group_size, desc_act=args.desc_act, sym=not args.no_sym,
+                              calibration_file=args.calibration, num_samples=args.num_samples)
+    quantizer.quantize_checkpoint(model, output, options)
+    print(f"wrote {output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="folo", description="Folo: a plugin-architected LLM inference engine.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Show which implementation 'auto' picks here (for --model) and why others are not eligible.")
     EngineConfig.add_cli_args(plugins)
     plugins.set_defaults(func=_cmd_plugins)
+
+    quantize = sub.add_parser("quantize", help="Quantize a local HF checkpoint (default model: the embedded SmolLM2).")
+    quantize.add_argument("paths", nargs="+", metavar="[MODEL_DIR] OUTPUT_DIR",
+                          help="Checkpoint to quantize (default: the embedded SmolLM2) and where to write the result.")
+    quantize.add_argument("--method", default="gptq", help="Quantizer plugin (default: gptq).")
+    quantize.add_argument("--bits", type=int, default=4)
+    quantize.add_argument("--group-size", type=int, default=128, help="Inputs per scale/zero group; -1: one group.")
+    quantize.add_argument("--desc-act", action="store_true", help="Quantize input channels in act-order (g_idx).")
+    quantize.add_argument("--no-sym", action="store_true", help="Asymmetric quantization (a zero point per group).")
+    quantize.add_argument("--calibration", metavar="FILE", default=None,
+                          help="Calibration text: paragraphs separated by blank lines, or one sample per line "
+                               "(default: a built-in English sample).")
+    quantize.add_argument("--num-samples", type=int, default=128, help="Use at most this many calibration samples.")
+    quantize.set_defaults(func=_cmd_quantize)
 
     return parser
 

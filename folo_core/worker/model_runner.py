@@ -10,6 +10,7 @@ request that has caught up with its tokens.
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from folo_core.config import EngineConfig
 from folo_core.forward_context import set_forward_context
 from folo_core.logger import init_logger
 from folo_core.models import ModelLoadContext, ModelLoader
-from folo_core.quantization import QuantizationConfig
+from folo_core.quantization import QuantizationConfig, WeightMemory, quantized_layers, weight_memory
 from folo_core.sample.interface import Sampler
 from folo_core.sched.output import LogprobsEntry, ModelRunnerOutput, SchedulerOutput
 from folo_core.utils import cdiv
@@ -66,10 +67,24 @@ class ModelRunner:
         self.model = model_loader(ModelLoadContext(
             model_path=config.model.model, hf_config=config.model.hf_config, dtype=self.dtype,
             device=self.device, attn_backend=attn_backend, quant_config=quant_config))
+        self.weight_memory: WeightMemory = weight_memory(self.model, self.dtype)
+        self._log_weights()
         self.attn_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.attn_metadata_builder = attn_backend.get_builder_cls()(attn_backend, self.device)
         self.input_batch: InputBatch | None = None
         self.num_blocks = 0
+
+    def _log_weights(self) -> None:
+        """One line: weight memory and, if any, how quantized linears run (their kernels)."""
+        memory = self.weight_memory
+        methods = Counter(layer.quant_method.describe() for layer in quantized_layers(self.model))
+        if not methods:
+            logger.info("model weights: %.1f MiB", memory.total_bytes / 2**20)
+            return
+        logger.info("model weights: %.1f MiB; quantized linears: %.1f MiB (%.1f%% of %.1f MiB unquantized); %s",
+                    memory.total_bytes / 2**20, memory.quantized_bytes / 2**20, 100 * memory.quantized_ratio,
+                    memory.quantized_dense_bytes / 2**20,
+                    ", ".join(f"{count} x {name}" for name, count in sorted(methods.items())))
 
     # -- KV cache -----------------------------------------------------------
 
