@@ -1,0 +1,54 @@
+"""``folo quantize``: GPTQ-quantize a local HF checkpoint with gptqmodel, on CPU or GPU.
+
+gptqmodel writes the standard GPTQ layout (v1 ``checkpoint_format: gptq``) with
+``quantization_config`` in ``config.json``, the tokenizer and the generation
+config, so the result loads in Folo and in transformers (with optimum +
+gptqmodel) alike. Tensors left unquantized are written in bfloat16.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from folo_core.logger import init_logger
+from folo_core.quantization import QuantizeOptions
+from folo_core.registry import PluginSelectionError
+from folo_plugins.gptq.calibration import calibration_samples
+from folo_plugins.gptq.packing import SUPPORTED_BITS
+
+logger = init_logger(__name__)
+
+
+def _check(options: QuantizeOptions) -> None:
+    if options.bits not in SUPPORTED_BITS:
+        raise ValueError(f"bits={options.bits} is not supported (supported: {', '.join(map(str, SUPPORTED_BITS))})")
+    if options.group_size != -1 and options.group_size <= 0:
+        raise ValueError(f"group_size={options.group_size} must be -1 (a single group) or positive")
+    if options.num_samples < 1:
+        raise ValueError(f"num_samples={options.num_samples} must be at least 1")
+
+
+def quantize_checkpoint(model_path: str, output_path: str, options: QuantizeOptions) -> None:
+    _check(options)
+    samples = calibration_samples(options.calibration_file, options.num_samples)
+    # Read when gptqmodel is imported: quantize layers on every core.
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
+    try:
+        import torch
+        from gptqmodel import GPTQModel, QuantizeConfig
+    except ImportError as exc:
+        raise PluginSelectionError(f"folo quantize needs gptqmodel ({exc}): pip install 'folovllm[gptq]'") from None
+
+    # Activation-group-aware ordering (on by default) needs groups and excludes act-order.
+    extra = {"act_group_aware": False} if options.group_size == -1 or options.desc_act else {}
+    config = QuantizeConfig(bits=options.bits, group_size=options.group_size, desc_act=options.desc_act,
+                            sym=options.sym, **extra)
+    start = time.perf_counter()
+    model = GPTQModel.load(model_path, config, dtype=torch.bfloat16)
+    # gptqmodel silently drops samples under 10 tokens by default; short ones still help.
+    model.quantize(samples, batch_size=1, calibration_data_min_length=1)
+    model.save(output_path)
+    logger.info("quantized %s to %s (%d-bit, group size %d%s%s) on %d calibration samples in %.0f s",
+                model_path, output_path, options.bits, options.group_size, ", desc_act" if options.desc_act else "",
+                "" if options.sym else ", asymmetric", len(samples), time.perf_counter() - start)
