@@ -22,7 +22,6 @@ class RequestMetrics:
     """Wall-clock times (``time.time()``) of a request's life."""
 
     arrival_time: float
-    first_scheduled_time: float | None = None
     first_token_time: float | None = None
     last_token_time: float | None = None
     finished_time: float | None = None

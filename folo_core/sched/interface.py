@@ -6,7 +6,6 @@ output and stop checks are the same for all of them and live here.
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 
@@ -52,7 +51,6 @@ class Scheduler(ABC):
         self._finished_req_ids: set[str] = set()
         self._preempted_req_ids: set[str] = set()
         self._sent_blocks: dict[str, int] = {}  # block ids the runner has been told about
-        self.first_scheduled_time: dict[str, float] = {}
         self.num_preemptions = 0
 
     # -- the policy -------------------------------------------------------
@@ -95,7 +93,6 @@ class Scheduler(ABC):
             self._runner_known.discard(request.request_id)
             self._finished_req_ids.add(request.request_id)
         del self.requests[request.request_id]
-        self.first_scheduled_time.pop(request.request_id, None)
 
     def _preempt(self, request: Request) -> None:
         """Recompute preemption: drop its KV, send it to the front of the waiting queue."""
@@ -113,11 +110,9 @@ class Scheduler(ABC):
     def _make_output(self, scheduled: list[tuple[Request, int]]) -> SchedulerOutput:
         """Package a decision; ``scheduled`` = (request, tokens) with KV already allocated."""
         new_reqs, cached_reqs, num_tokens = [], [], {}
-        now = time.time()
         for request, n in scheduled:
             req_id = request.request_id
             num_tokens[req_id] = n
-            self.first_scheduled_time.setdefault(req_id, now)
             if req_id in self._runner_known:
                 cached_reqs.append(CachedRequestData(
                     req_id, self._new_block_ids(request), request.num_computed_tokens))
