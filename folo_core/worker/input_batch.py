@@ -19,11 +19,9 @@ _EPS = 1e-5
 
 
 class InputBatch:
-    def __init__(self, max_num_reqs: int, max_model_len: int, max_blocks_per_req: int, device: torch.device,
-                 default_seed: int = 0) -> None:
+    def __init__(self, max_num_reqs: int, max_model_len: int, max_blocks_per_req: int, device: torch.device) -> None:
         self.max_num_reqs = max_num_reqs
         self.device = device
-        self.default_seed = default_seed
         self.req_ids: list[str] = []
         self.req_id_to_index: dict[str, int] = {}
         self.token_ids = np.zeros((max_num_reqs, max_model_len + 1), dtype=np.int64)
