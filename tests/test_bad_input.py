@@ -142,3 +142,22 @@ def test_checkpoint_unknown_architecture(model_dir, tmp_path):
     (target / "config.json").write_text(json.dumps(config))
     with pytest.raises(PluginSelectionError, match="unknown model 'GPT2LMHeadModel'; known: LlamaForCausalLM"):
         LLM(str(target), skip_tokenizer_init=True)
+
+
+def test_failing_step_withdraws_the_call_and_engine_keeps_serving(llm, monkeypatch):
+    runner = llm.llm_engine.engine_core.model_runner
+    original = runner.execute_model
+    calls = {"n": 0}
+
+    def flaky(scheduler_output):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated kernel failure")
+        return original(scheduler_output)
+
+    monkeypatch.setattr(runner, "execute_model", flaky)
+    with pytest.raises(RuntimeError, match="simulated kernel failure"):
+        llm.generate([ok_prompt(), ok_prompt()], SamplingParams(max_tokens=5, ignore_eos=True), use_tqdm=False)
+    assert not llm.llm_engine.has_unfinished_requests()
+    assert llm.llm_engine.get_stats().kv_cache_usage == 0.0
+    still_serves(llm)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -91,11 +92,20 @@ class LLM:
             raise
         return request_ids
 
+    @contextlib.contextmanager
+    def _aborted_on_error(self, request_ids: list[str]) -> Iterator[None]:
+        """If a step fails, withdraw this call's requests so the engine stays usable."""
+        try:
+            yield
+        except BaseException:
+            self.llm_engine.abort_request(request_ids)
+            raise
+
     def _run_engine(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}
         bar = tqdm(total=len(request_ids), desc="Processed prompts", dynamic_ncols=True, disable=not use_tqdm)
         start, prompt_tokens, output_tokens = time.perf_counter(), 0, 0
-        with bar:
+        with bar, self._aborted_on_error(request_ids):
             while self.llm_engine.has_unfinished_requests():
                 for output in self.llm_engine.step():
                     if output.finished:
