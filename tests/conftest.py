@@ -54,3 +54,23 @@ def tiny_chat_model_dir(tmp_path_factory, qwen3_tokenizer_dir) -> Path:
     for path in qwen3_tokenizer_dir.iterdir():
         shutil.copy(path, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def gptq_checkpoint(tmp_path_factory):
+    """``gptq_checkpoint(name)`` -> a tiny model quantized by gptqmodel (``gptq_helpers.GPTQ_CHECKPOINTS``), cached."""
+    from gptq_helpers import GPTQ_CHECKPOINTS, build_tiny_source, quantize
+
+    sources: dict[str, Path] = {}
+    cache: dict[str, Path] = {}
+
+    def make(name: str) -> Path:
+        if name not in cache:
+            kind, options, checkpoint_format = GPTQ_CHECKPOINTS[name]
+            if kind not in sources:
+                sources[kind] = build_tiny_source(kind, tmp_path_factory.mktemp(f"gptq-src-{kind}"))
+            cache[name] = quantize(sources[kind], tmp_path_factory.mktemp(f"gptq-{name}"), options,
+                                   checkpoint_format)
+        return cache[name]
+
+    return make
