@@ -51,6 +51,8 @@ class ModelConfig(_Section):
     quantization: str | None = Field(None, description="Quantization method (default: from the checkpoint's quantization_config).")
     attention_backend: str = Field("auto", description="Attention backend plugin name.")
     sampler: str = Field("auto", description="Sampler plugin name.")
+    enforce_eager: bool = Field(False, description="Never use torch.compile'd kernels (they compile once per process).")
+    trust_remote_code: bool = Field(False, description="Accepted for vLLM compatibility; Folo never runs code from a checkpoint.")
 
     _hf_config: Any = PrivateAttr(None)
 
@@ -80,6 +82,7 @@ class CacheConfig(_Section):
 
     block_size: int = Field(16, gt=0, le=4096, description="Tokens per KV block.")
     kv_cache_memory_bytes: int | None = Field(None, gt=0, description="KV cache budget in bytes (default: from free memory).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="CUDA: share of device memory for weights + KV cache (when kv_cache_memory_bytes is unset).")
     num_gpu_blocks_override: int | None = Field(None, gt=0, description="Fix the number of KV blocks exactly (vLLM's name; used on CPU too).")
     enable_prefix_caching: bool | None = Field(None, description="Reuse KV blocks of shared prefixes (default: on where supported).")
     kv_cache_manager: str = Field("auto", description="KV-cache manager plugin name.")

@@ -70,3 +70,13 @@ def test_folo_generate_reports_user_errors(tmp_path):
                              str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "folo: error: model path" in result.stderr and "does not exist" in result.stderr
+
+
+def test_common_vllm_keywords_are_accepted(tiny_model_dir):
+    from folo_core import LLM, SamplingParams
+
+    llm = LLM(str(tiny_model_dir("qwen2")), skip_tokenizer_init=True, enforce_eager=True, trust_remote_code=True,
+              gpu_memory_utilization=0.5, tensor_parallel_size=1)
+    assert llm.llm_engine.engine_core.model_runner.attn_metadata_builder.enforce_eager
+    out = llm.generate({"prompt_token_ids": [1, 2, 3]}, SamplingParams(max_tokens=2, ignore_eos=True), use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 2

@@ -7,7 +7,7 @@ import torch
 from folo_core import LLM, SamplingParams
 from folo_core.attention.backend import CommonAttentionMetadata
 from folo_core.testing import AttentionBackendConformance
-from folo_plugins.paged.attention import PagedSDPABackend, PagedSDPAImpl, PagedSDPAMetadataBuilder
+from folo_plugins.paged.attention import PagedSDPABackend, PagedSDPAMetadataBuilder
 from folo_plugins.paged.decode_kernel import CompiledDecode
 from helpers import random_prompts
 
@@ -40,14 +40,14 @@ def test_many_decodes_match_the_reference_backend(tiny_model_dir):
     assert [o.outputs[0].token_ids for o in paged.generate(prompts, params, use_tqdm=False)] == expected
 
 
-class _AlwaysCompiledImpl(PagedSDPAImpl):
+class _AlwaysCompiledBuilder(PagedSDPAMetadataBuilder):
     compiled_decode_min_tokens = 0  # every decode bucket through the compiled kernel
 
 
 class _AlwaysCompiledBackend(PagedSDPABackend):
     @staticmethod
-    def get_impl_cls():
-        return _AlwaysCompiledImpl
+    def get_builder_cls():
+        return _AlwaysCompiledBuilder
 
 
 class TestCompiledDecodeConformance(AttentionBackendConformance):
@@ -78,3 +78,17 @@ def test_compiled_kernel_is_used_and_reads_only_each_request_tokens():
         scores = torch.einsum("hgd,nhd->hgn", q[row], k) * 0.3
         expected = torch.einsum("hgn,nhd->hgd", scores.softmax(-1), v)
         torch.testing.assert_close(out[row], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_enforce_eager_keeps_every_bucket_on_sdpa():
+    n = 64
+    lens = torch.full((n,), 300, dtype=torch.int32)
+    common = CommonAttentionMetadata(
+        query_start_loc=torch.arange(n + 1, dtype=torch.int32), query_start_loc_cpu=torch.arange(n + 1, dtype=torch.int32),
+        seq_lens=lens, seq_lens_cpu=lens, num_computed_tokens_cpu=lens - 1,
+        block_table=torch.zeros(n, 19, dtype=torch.int32), slot_mapping=torch.zeros(n, dtype=torch.long),
+        num_reqs=n, num_actual_tokens=n, max_query_len=1, max_seq_len=300, block_size=16)
+    eager = PagedSDPAMetadataBuilder(PagedSDPABackend, torch.device("cpu"), enforce_eager=True).build(common)
+    default = PagedSDPAMetadataBuilder(PagedSDPABackend, torch.device("cpu")).build(common)
+    assert not any(b.compiled for b in eager.decode_buckets)
+    assert all(b.compiled for b in default.decode_buckets)  # 16 requests x 304 slots each >= 4096

@@ -74,9 +74,10 @@ class CommonAttentionMetadata:
 class AttentionMetadataBuilder:
     """Turns the common metadata into a backend's own, once per step (not per layer)."""
 
-    def __init__(self, backend: type["AttentionBackend"], device: torch.device) -> None:
+    def __init__(self, backend: type["AttentionBackend"], device: torch.device, enforce_eager: bool = False) -> None:
         self.backend = backend
         self.device = device
+        self.enforce_eager = enforce_eager  # no torch.compile'd kernels (``ModelConfig.enforce_eager``)
 
     def build(self, common: CommonAttentionMetadata) -> Any:
         return common

@@ -70,7 +70,8 @@ class ModelRunner:
         self.weight_memory: WeightMemory = weight_memory(self.model, self.dtype)
         self._log_weights()
         self.attn_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
-        self.attn_metadata_builder = attn_backend.get_builder_cls()(attn_backend, self.device)
+        self.attn_metadata_builder = attn_backend.get_builder_cls()(attn_backend, self.device,
+                                                                    config.model.enforce_eager)
         self.input_batch: InputBatch | None = None
         self.num_blocks = 0
 
@@ -105,7 +106,8 @@ class ModelRunner:
         budget = cache.kv_cache_memory_bytes
         if budget is None:
             if self.device.type == "cuda":
-                budget = int(torch.cuda.mem_get_info(self.device)[0] * 0.8)
+                total = torch.cuda.get_device_properties(self.device).total_memory
+                budget = int(total * cache.gpu_memory_utilization) - torch.cuda.memory_allocated(self.device)
             else:
                 budget = min(_CPU_KV_CACHE_CAP, int(_available_host_memory() * 0.4))
             # No point holding more than every running request at full length needs.

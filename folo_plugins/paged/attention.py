@@ -36,10 +36,7 @@ class DecodeBucket:
     block_table: torch.Tensor  # [n, max_blocks] their block tables (contiguous)
     seq_lens: torch.Tensor  # [n]
     mask: torch.Tensor  # [n, 1, 1, max_blocks * block_size], True = attend
-
-    @property
-    def padded_tokens(self) -> int:
-        return self.mask.shape[0] * self.mask.shape[-1]
+    compiled: bool  # through the compiled kernel (else SDPA over gathered blocks)
 
 
 @dataclass
@@ -55,6 +52,9 @@ _MAX_BUCKETS = 4
 
 
 class PagedSDPAMetadataBuilder(AttentionMetadataBuilder):
+    # Buckets with at least this many (padded) context tokens use the compiled kernel.
+    compiled_decode_min_tokens = 4096
+
     def build(self, common: CommonAttentionMetadata) -> PagedSDPAMetadata:
         starts = common.query_start_loc_cpu
         seq_lens = common.seq_lens_cpu
@@ -79,12 +79,11 @@ class PagedSDPAMetadataBuilder(AttentionMetadataBuilder):
             block_table=common.block_table[device_rows, :num_blocks].to(torch.long).contiguous(),
             seq_lens=common.seq_lens[device_rows],
             mask=mask.to(self.device),
+            compiled=not self.enforce_eager and mask.numel() >= self.compiled_decode_min_tokens,
         )
 
 
 class PagedSDPAImpl(AttentionImpl):
-    # Buckets with at least this many (padded) context tokens use the compiled kernel.
-    compiled_decode_min_tokens = 4096
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: PagedSDPAMetadata) -> torch.Tensor:
         md = attn_metadata
@@ -112,7 +111,7 @@ class PagedSDPAImpl(AttentionImpl):
         # One query token per request: fold the GQA group into the query-length axis.
         q = q.view(num, self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_size)
         o = None
-        if bucket.padded_tokens >= self.compiled_decode_min_tokens:
+        if bucket.compiled:
             o = CompiledDecode.run(q, key_cache, value_cache, bucket.block_table, bucket.seq_lens, self.scale)
         if o is None:
             shape = (num, bucket.mask.shape[-1], self.num_kv_heads, self.head_size)
