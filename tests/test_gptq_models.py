@@ -57,12 +57,20 @@ def hf_reference(gptq_checkpoint):
     return get
 
 
-@pytest.mark.parametrize("name", CHECKPOINTS)
-def test_float32_logprobs_match_transformers(name, gptq_checkpoint, hf_reference):
+# (checkpoint, activations, the kernel every layer must get, log-prob tolerance vs float32 transformers)
+LOGPROB_CASES = [(name, "float32", "dequant", LOGPROB_ATOL) for name in CHECKPOINTS] + [
+    (name, "bfloat16", "cpu_int4pack", BF16_LOGPROB_ATOL) for name in CHECKPOINTS
+    if GPTQ_CHECKPOINTS[name][1].bits == 4] + [
+    # No int8 CPU kernel takes GPTQ groups: 8-bit layers dequantize per call in bf16 too.
+    ("qwen3-8bit-g64-asym", "bfloat16", "dequant", BF16_LOGPROB_ATOL)]
+
+
+@pytest.mark.parametrize("name, dtype, kernel, atol", LOGPROB_CASES)
+def test_logprobs_match_transformers(name, dtype, kernel, atol, gptq_checkpoint, hf_reference):
     prompt, reference = hf_reference(name)
-    llm = LLM(str(gptq_checkpoint(name)), dtype="float32", skip_tokenizer_init=True)
-    assert kernels_used(llm) == {"dequant"}
-    torch.testing.assert_close(prefix_logprobs(llm, prompt), reference, atol=LOGPROB_ATOL, rtol=0)
+    llm = LLM(str(gptq_checkpoint(name)), dtype=dtype, skip_tokenizer_init=True)
+    assert kernels_used(llm) == {kernel}
+    torch.testing.assert_close(prefix_logprobs(llm, prompt), reference, atol=atol, rtol=0)
 
 
 @pytest.mark.parametrize("name", CHECKPOINTS)
@@ -79,23 +87,6 @@ def test_float32_greedy_matches_transformers(name, gptq_checkpoint):
     llm = LLM(str(path), dtype="float32", skip_tokenizer_init=True)
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], GREEDY, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outputs] == expected
-
-
-@pytest.mark.parametrize("name", [n for n in CHECKPOINTS if GPTQ_CHECKPOINTS[n][1].bits == 4])
-def test_bfloat16_int4_kernel_close_to_transformers(name, gptq_checkpoint, hf_reference):
-    prompt, reference = hf_reference(name)
-    llm = LLM(str(gptq_checkpoint(name)), dtype="bfloat16", skip_tokenizer_init=True)
-    assert kernels_used(llm) == {"cpu_int4pack"}
-    torch.testing.assert_close(prefix_logprobs(llm, prompt), reference, atol=BF16_LOGPROB_ATOL, rtol=0)
-
-
-def test_8bit_runs_on_the_reference_kernel_in_bfloat16(gptq_checkpoint, hf_reference):
-    """No int8 CPU kernel takes GPTQ groups; 8-bit layers dequantize per call, close to the reference."""
-    name = "qwen3-8bit-g64-asym"
-    prompt, reference = hf_reference(name)
-    llm = LLM(str(gptq_checkpoint(name)), dtype="bfloat16", skip_tokenizer_init=True)
-    assert kernels_used(llm) == {"dequant"}
-    torch.testing.assert_close(prefix_logprobs(llm, prompt), reference, atol=BF16_LOGPROB_ATOL, rtol=0)
 
 
 def test_quantized_linears_take_under_a_third_of_bfloat16(gptq_checkpoint):
