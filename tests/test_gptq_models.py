@@ -131,3 +131,29 @@ def test_desc_act_fused_shards_share_g_idx(gptq_checkpoint):
         gate, up = (tensors[f"{p}mlp.{x}_proj.g_idx"] for x in ("gate", "up"))
         assert torch.equal(q, k) and torch.equal(q, v) and torch.equal(gate, up)
         assert bool((q[1:] < q[:-1]).any())  # act-order: not sorted
+
+
+def test_dynamic_exclusion_loads_that_module_unquantized(gptq_checkpoint, tmp_path):
+    """A module a `-:` rule excludes is read as a plain weight; here its dequantized GPTQ weight,
+    so the model computes exactly what the fully quantized one does."""
+    from folo_plugins.gptq.packing import decode_zeros, dequantize
+    from gptq_helpers import copy_checkpoint, edit_quantization_config, edit_tensors
+
+    src = gptq_checkpoint("qwen3-g32-act-asym")
+    mixed = copy_checkpoint(src, tmp_path / "mixed")
+    prefix = "model.layers.1.mlp.down_proj"
+
+    def dense_down_proj(tensors):
+        qweight, qzeros, scales, g_idx = (tensors.pop(f"{prefix}.{n}") for n in ("qweight", "qzeros", "scales", "g_idx"))
+        weight = dequantize(qweight, decode_zeros(qzeros, 4, "gptq"), scales, g_idx, 4)
+        tensors[f"{prefix}.weight"] = weight.float().T.contiguous()
+
+    edit_tensors(mixed, dense_down_proj)
+    edit_quantization_config(mixed, dynamic={r"-:model\.layers\.1\.mlp\.down_proj": {}})
+    prompt = random_prompts(1, VOCAB, seed=9, min_len=12, max_len=12)[0]
+    llm = LLM(str(mixed), dtype="float32", skip_tokenizer_init=True)
+    model = llm.llm_engine.engine_core.model_runner.model
+    assert not hasattr(model.model.layers[1].mlp.down_proj, "kernel")
+    assert hasattr(model.model.layers[0].mlp.down_proj, "kernel")
+    expected = prefix_logprobs(LLM(str(src), dtype="float32", skip_tokenizer_init=True), prompt)
+    torch.testing.assert_close(prefix_logprobs(llm, prompt), expected, atol=LOGPROB_ATOL, rtol=0)
