@@ -68,11 +68,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from folo_core.plugins import get_plugin_manager
     from folo_core.quantization import QuantizeOptions
 
-    if len(args.paths) > 2:
-        raise ValueError("folo quantize takes [MODEL_DIR] OUTPUT_DIR")
-    model, output = (args.paths if len(args.paths) == 2 else [default_model_path(), args.paths[0]])
+    output = args.output_dir
     if Path(output).exists() and any(Path(output).iterdir()):
         raise ValueError(f"output directory {output!r} is not empty")
+    model = args.model_dir or default_model_path()
     quantizer = get_plugin_manager().registry("quantizer").get(args.method).impl
     options = QuantizeOptions(bits=args.bits, group_size=args.group_size, desc_act=args.desc_act, sym=not args.no_sym,
                               calibration_file=args.calibration, num_samples=args.num_samples)
@@ -115,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.set_defaults(func=_cmd_plugins)
 
     quantize = sub.add_parser("quantize", help="Quantize a local HF checkpoint (default model: the embedded SmolLM2).")
-    quantize.add_argument("paths", nargs="+", metavar="[MODEL_DIR] OUTPUT_DIR",
-                          help="Checkpoint to quantize (default: the embedded SmolLM2) and where to write the result.")
+    quantize.add_argument("model_dir", nargs="?", metavar="MODEL_DIR",
+                          help="Checkpoint to quantize (default: the embedded SmolLM2).")
+    quantize.add_argument("output_dir", metavar="OUTPUT_DIR", help="Where to write the quantized checkpoint.")
     quantize.add_argument("--method", default="gptq", help="Quantizer plugin (default: gptq).")
     quantize.add_argument("--bits", type=int, default=4)
     quantize.add_argument("--group-size", type=int, default=128, help="Inputs per scale/zero group; -1: one group.")
