@@ -42,7 +42,7 @@ class GPTQScheme:
 
 def _field(config: dict[str, Any], key: str, kind: type, default: Any) -> Any:
     value = config.get(key, default)
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+    if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
         raise CheckpointError(f"quantization_config.{key}={value!r} must be {kind.__name__}")
     return value
 

@@ -49,12 +49,15 @@ class GPTQLinearMethod(QuantizationMethod):
                                   f"{input_size} and output sizes {output_partition_sizes} must be multiples of {pf}")
         output_size = sum(output_partition_sizes)
         groups = 1 if self.scheme.group_size == -1 else cdiv(input_size, self.scheme.group_size)
+        # A row-parallel split cuts scales/zeros with the input rows unless one group spans them
+        # all or act-order scatters each group's rows (vLLM's rule).
+        group_dims = {} if self.scheme.group_size == -1 or self.scheme.desc_act else {"input_dim": 0}
         _param(layer, "qweight", torch.empty(input_size // pf, output_size, dtype=torch.int32), weight_loader,
                input_dim=0, output_dim=1)
         _param(layer, "qzeros", torch.empty(groups, output_size // pf, dtype=torch.int32), weight_loader,
-               input_dim=0, output_dim=1, packed_factor=pf)
+               output_dim=1, packed_factor=pf, **group_dims)
         _param(layer, "scales", torch.empty(groups, output_size, dtype=torch.float16), weight_loader,
-               input_dim=0, output_dim=1)
+               output_dim=1, **group_dims)
         _param(layer, "g_idx", torch.empty(input_size, dtype=torch.int32), weight_loader, input_dim=0)
         self.params_dtype = params_dtype
 
