@@ -48,3 +48,16 @@ def test_batch_of_conversations(llm):
     conversations = [[{"role": "user", "content": f"Count to {i}."}] for i in range(3)]
     outs = llm.chat(conversations, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False)
     assert [f"Count to {i}." in o.prompt for i, o in enumerate(outs)] == [True] * 3
+
+
+def test_stop_strings_cut_the_text(llm):
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    free = llm.generate("Tell me a story.", params, use_tqdm=False)[0].outputs[0]
+    stop = free.text[len(free.text) // 2:][:3]  # a string the greedy continuation is known to produce
+    assert stop.strip(), free.text
+    cut = llm.generate("Tell me a story.", SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=[stop]),
+                       use_tqdm=False)[0].outputs[0]
+    assert cut.finish_reason == "stop" and cut.stop_reason == stop
+    assert cut.text == free.text[:free.text.index(stop)]
+    assert stop not in cut.text
+    assert len(cut.token_ids) <= len(free.token_ids)
