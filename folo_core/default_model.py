@@ -69,7 +69,9 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    # transformers dequantizes GGUF fastest in float32; the checkpoint is saved in bfloat16.
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model = model.to(torch.bfloat16)
     # The weights are dequantized in memory; drop the GGUF marker so it saves as plain safetensors.
     model.hf_quantizer = None
     del model.config.quantization_config
