@@ -64,6 +64,7 @@ class ModelRunner:
         self.attn_backend = attn_backend
         self.sampler = sampler
         torch.manual_seed(config.model.seed)
+        logger.info("loading %s (%s, %s)", config.model.model, config.model.dtype, self.device)
         self.model = model_loader(ModelLoadContext(
             model_path=config.model.model, hf_config=config.model.hf_config, dtype=self.dtype,
             device=self.device, attn_backend=attn_backend, quant_config=quant_config))
