@@ -154,11 +154,11 @@ class OutputProcessor:
             if finished:
                 state.metrics.finished_time = now
                 del self.states[out.request_id]
-                if state.parent is not None and state.parent.num_finished + 1 == len(state.parent.child_ids):
-                    self.parents.pop(state.parent.request_id, None)
             request_output = state.make_output(finished)
             if request_output is not None:
                 request_outputs.append(request_output)
+            if state.parent is not None and state.parent.num_finished == len(state.parent.child_ids):
+                self.parents.pop(state.parent.request_id, None)  # every child done
         return request_outputs, to_abort
 
     def _add_logprobs(self, state: RequestState, entries: list[LogprobsEntry]) -> None:
