@@ -16,6 +16,11 @@ from typing import Any, ClassVar, Literal, get_args, get_origin
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from folo_core.logger import init_logger
+from folo_core.platform import resolve_auto_dtype
+
+logger = init_logger(__name__)
+
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float": torch.float32,
@@ -44,7 +49,7 @@ class ModelConfig(_Section):
     model: str | None = Field(None, description="Local HF checkpoint directory; default: the embedded SmolLM2-135M-Instruct.")
     tokenizer: str | None = Field(None, description="Tokenizer directory (default: the model directory).")
     skip_tokenizer_init: bool = Field(False, description="Run without a tokenizer: prompts must be token ids, outputs carry no text.")
-    dtype: DTypeName = Field("auto", description="Weight and activation dtype; auto = the checkpoint's dtype.")
+    dtype: DTypeName = Field("auto", description="Weight and activation dtype; auto = the checkpoint's dtype, or float32 on a CPU without native bf16/fp16 matmul.")
     max_model_len: int | None = Field(None, gt=0, description="Prompt + output length limit (default: the model's max_position_embeddings).")
     seed: int = Field(0, description="Seed for requests without their own seed.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu.")
@@ -253,8 +258,10 @@ def resolve_engine_config(config: EngineConfig, hf_config: Any) -> EngineConfig:
         ckpt_dtype = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
         if isinstance(ckpt_dtype, str):
             ckpt_dtype = getattr(torch, ckpt_dtype, None)
+        dtype, why = resolve_auto_dtype(ckpt_dtype or torch.float32, model.resolved_device())
         names = {v: k for k, v in _DTYPES.items() if k in ("float32", "bfloat16", "float16")}
-        model.dtype = names.get(ckpt_dtype, "float32")
+        model.dtype = names[dtype]
+        logger.info("dtype auto -> %s: %s", model.dtype, why)
 
     limit = getattr(hf_config, "max_position_embeddings", None)
     if model.max_model_len is None:
