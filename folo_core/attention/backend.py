@@ -139,7 +139,7 @@ class AttentionBackend(ABC):
         conformance kit reads the cache back through this to check the layout
         round trip.
         """
-        return kv_cache[0], kv_cache[1]
+        return kv_cache.unbind(0)
 
     @classmethod
     def missing_requirements(cls) -> list[str]:

@@ -14,8 +14,10 @@ def write_to_kv_cache(
 ) -> None:
     """Store each new token's key/value at its slot (vLLM's ``reshape_and_cache``)."""
     num_kv_heads, head_size = key.shape[1], key.shape[2]
-    key_cache.view(-1, num_kv_heads, head_size).index_copy_(0, slot_mapping, key.to(key_cache.dtype))
-    value_cache.view(-1, num_kv_heads, head_size).index_copy_(0, slot_mapping, value.to(value_cache.dtype))
+    if key.dtype != key_cache.dtype:
+        key, value = key.to(key_cache.dtype), value.to(value_cache.dtype)
+    key_cache.view(-1, num_kv_heads, head_size).index_copy_(0, slot_mapping, key)
+    value_cache.view(-1, num_kv_heads, head_size).index_copy_(0, slot_mapping, value)
 
 
 def gather_kv(

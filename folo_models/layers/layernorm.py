@@ -1,8 +1,9 @@
-"""RMSNorm, computed in float32 exactly as HF transformers does."""
+"""RMSNorm with HF transformers' rounding: normalize in float32, round, then scale."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -13,12 +14,13 @@ class RMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        """With ``residual``: returns (norm(x + residual), x + residual), the fused pre-norm step."""
+        """With ``residual``: returns (norm(x + residual), x + residual), the fused pre-norm step.
+
+        ``F.rms_norm`` without a weight computes in float32 and rounds to ``x``'s
+        dtype; the weight is applied after the rounding, exactly as HF does, so
+        bf16 outputs match HF bit for bit. Three aten calls instead of nine.
+        """
         if residual is not None:
-            x = x + residual
-            residual = x
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        out = self.weight * h.to(dtype)
+            x = residual = x + residual
+        out = self.weight * F.rms_norm(x, self.weight.shape, eps=self.variance_epsilon)
         return out if residual is None else (out, residual)

@@ -31,27 +31,28 @@ def _inv_freq(hf_config: Any, head_dim: int) -> tuple[torch.Tensor, float]:
 
 
 class RotaryEmbedding(nn.Module):
-    """Neox-style rotation (``rotate_half``) with a cos/sin table indexed by position."""
+    """Neox-style rotation (``rotate_half``) with cos/sin tables indexed by position.
+
+    The sin table is stored with its first half negated, so that
+    ``rotate_half(x) * sin`` becomes ``swap_halves(x) * sin_signed``: one copy
+    (``flip``) instead of chunk, neg and cat, with the same rounding as HF.
+    """
 
     def __init__(self, hf_config: Any, head_dim: int, max_position: int) -> None:
         super().__init__()
         inv_freq, scaling = _inv_freq(hf_config, head_dim)
         freqs = torch.arange(max_position, dtype=torch.float32)[:, None] * inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos", emb.cos() * scaling, persistent=False)
-        self.register_buffer("sin", emb.sin() * scaling, persistent=False)
-
-    @staticmethod
-    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((-x2, x1), dim=-1)
+        self.register_buffer("cos", torch.cat((freqs, freqs), dim=-1).cos() * scaling, persistent=False)
+        sin = freqs.sin() * scaling
+        self.register_buffer("sin_signed", torch.cat((-sin, sin), dim=-1), persistent=False)
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The step's tables, looked up once and shared by every layer: [T, 1, D] each."""
-        return self.cos[positions].to(dtype).unsqueeze(1), self.sin[positions].to(dtype).unsqueeze(1)
+        return self.cos[positions].to(dtype).unsqueeze(1), self.sin_signed[positions].to(dtype).unsqueeze(1)
 
-    @classmethod
-    def apply(cls, cos_sin: tuple[torch.Tensor, torch.Tensor], q: torch.Tensor, k: torch.Tensor):
-        """Rotate ``q`` [T, H, D] and ``k`` [T, KH, D] by their positions' angles."""
-        cos, sin = cos_sin
-        return q * cos + cls._rotate_half(q) * sin, k * cos + cls._rotate_half(k) * sin
+    @staticmethod
+    def apply(cos_sin: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x`` [T, heads, D] (queries and keys together) by their positions' angles."""
+        cos, sin_signed = cos_sin
+        swapped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
+        return (x * cos).add_(swapped.mul_(sin_signed))
