@@ -14,6 +14,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
+from folo_core.kernels import cpu_linear
 from folo_core.registry import PluginSelectionError, SelectionContext
 
 WeightLoader = Callable[..., None]
@@ -53,7 +54,15 @@ class UnquantizedLinearMethod(QuantizationMethod):
         weight.weight_loader = weight_loader
         layer.register_parameter("weight", weight)
 
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        """On CPU, prepack the weight for oneDNN (``folo_core.kernels.cpu_linear``)."""
+        if cpu_linear.can_pack(layer.weight):
+            layer.weight = nn.Parameter(cpu_linear.pack(layer.weight.data), requires_grad=False)
+            layer.weight_packed = True
+
     def apply(self, layer, x, bias=None) -> torch.Tensor:
+        if getattr(layer, "weight_packed", False):
+            return cpu_linear.packed_linear(x, layer.weight, bias)
         return torch.nn.functional.linear(x, layer.weight, bias)
 
 

@@ -1,0 +1,1 @@
+"""Compute kernels the core's default methods run on (CPU linears)."""

@@ -1,0 +1,55 @@
+"""Unquantized linears on CPU through oneDNN with a prepacked weight.
+
+``F.linear`` hands oneDNN/MKL a plain row-major weight and lets it reorder the
+weight on every call; at decode batch sizes that reorder costs as much as the
+matmul. Reordering once at load into oneDNN's blocked layout
+(``torch.ops.mkldnn._reorder_linear_weight``, what inductor's freezing does)
+streams the weight at memory speed: on a 2-core AVX512-BF16 EPYC, SmolLM2's 120
+linears at M=1 take 12 ms instead of 22 ms in bf16 and 23 ms instead of 38 ms in
+float32 (``benchmarks/linear_kernels.py`` has the other candidates and why they
+lost). The packed tensor is opaque (``torch._mkldnn`` layout), so compiled
+graphs reach it through the ``folo::mkldnn_linear`` custom op, never directly.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+@functools.cache
+def _mkldnn_dtypes() -> tuple[torch.dtype, ...]:
+    if not torch.backends.mkldnn.is_available():
+        return ()
+    return tuple(d for d in PACKABLE_DTYPES if d != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def can_pack(weight: torch.Tensor) -> bool:
+    """A 2-D CPU weight in a dtype this machine's oneDNN multiplies."""
+    return weight.device.type == "cpu" and weight.dim() == 2 and weight.dtype in _mkldnn_dtypes()
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """The weight in oneDNN's blocked layout (same shape and dtype, opaque storage)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
+
+
+def packed_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x W^T + b``; eager calls oneDNN directly (a custom op costs about 15 us a call)."""
+    if torch.compiler.is_compiling():
+        return mkldnn_linear(x, packed_weight, bias)
+    return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, "none", [], "")
+
+
+@torch.library.custom_op("folo::mkldnn_linear", mutates_args=())
+def mkldnn_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x W^T + b`` with ``W`` from ``pack``; ``x`` is [tokens, in_features]."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, "none", [], "")
+
+
+@mkldnn_linear.register_fake
+def _(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(x.shape[0], packed_weight.shape[0])
