@@ -32,6 +32,19 @@ def logits() -> torch.Tensor:
     return torch.randn(1, VOCAB)
 
 
+def test_top_k_only_path_masks_like_the_sorting_path():
+    """Top-k alone skips the full sort; it keeps exactly what the sort-based mask keeps,
+    ties at the k-th value and rows without top-k included."""
+    from folo_plugins.sampler.sampler import apply_top_k_only, apply_top_k_top_p
+
+    torch.manual_seed(1)
+    logits = torch.randn(5, VOCAB).round(decimals=1)  # rounding makes ties
+    top_k = torch.tensor([1, 3, 0, 7, VOCAB + 5])
+    expected = apply_top_k_top_p(logits.clone(), top_k, torch.ones(5))  # top_p=1: the sort path
+    assert torch.equal(apply_top_k_only(logits.clone(), top_k), expected)
+    assert torch.isinf(expected[0]).sum() < VOCAB and not torch.isinf(expected[2]).any()
+
+
 def test_top_k_never_leaves_the_top_k(logits):
     allowed = set(logits[0].topk(5).indices.tolist())
     seen = draw(logits, metadata(1, top_k=torch.tensor([5])))

@@ -54,8 +54,22 @@ def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, float("-inf"))
 
 
+def apply_top_k_only(logits: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    """Top-k without a full-vocabulary sort: ``topk`` of the largest k asked for finds each
+    row's k-th value (ties at it kept, as in ``apply_top_k_top_p``); rows with k = 0 keep all."""
+    vocab = logits.shape[1]
+    enabled = top_k > 0
+    k = torch.where(enabled, top_k, torch.ones_like(top_k)).clamp(max=vocab)
+    top_values = logits.topk(int(k.max()), dim=-1).values
+    kth = top_values.gather(1, (k - 1).unsqueeze(1))
+    kth = kth.masked_fill(~enabled.unsqueeze(1), float("-inf"))
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
     """Mask everything outside the top-k and the top-p nucleus (ties at the k-th value kept)."""
+    if top_p is None and top_k is not None:
+        return apply_top_k_only(logits, top_k)
     sorted_logits, order = logits.sort(dim=-1, descending=False)
     vocab = logits.shape[1]
     if top_k is not None:
