@@ -17,7 +17,7 @@ from folo_core.models import CheckpointError, ModelLoadContext
 from folo_core.quantization import QuantizationConfig
 from folo_models.layers.activation import SiluAndMul
 from folo_models.layers.embedding import ParallelLMHead, VocabParallelEmbedding
-from folo_models.layers.layernorm import RMSNorm
+from folo_models.layers.layernorm import QKNorm, RMSNorm
 from folo_models.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from folo_models.layers.rotary_embedding import RotaryEmbedding
 from folo_models.weights import default_weight_loader, iterate_weights
@@ -81,20 +81,20 @@ class DecoderAttention(nn.Module):
         self.o_proj = RowParallelLinear(self.q_size, spec.hidden_size, spec.o_bias, quant,
                                         f"{prefix}.o_proj", ctx.dtype)
         if spec.qk_norm:
-            self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps)
-            self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps)
+            self.qk_norm = QKNorm(spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.rms_norm_eps)
         self.attn = Attention(ctx.attn_backend, spec.num_heads, spec.head_dim, spec.head_dim ** -0.5,
                               spec.num_kv_heads, prefix=f"{prefix}.attn")
 
     def forward(self, cos_sin: tuple[torch.Tensor, torch.Tensor], hidden_states: torch.Tensor) -> torch.Tensor:
         spec = self.spec
-        q, k, v = self.qkv_proj(hidden_states).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.reshape(-1, spec.num_heads, spec.head_dim)
-        k = k.reshape(-1, spec.num_kv_heads, spec.head_dim)
+        # Queries and keys sit side by side in the fused output: norm and rotate them as one
+        # [T, heads + kv_heads, D] view, then hand the attention layer views, never copies.
+        qk, v = self.qkv_proj(hidden_states).split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+        qk = qk.unflatten(-1, (spec.num_heads + spec.num_kv_heads, spec.head_dim))
         if spec.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = RotaryEmbedding.apply(cos_sin, q, k)
-        return self.o_proj(self.attn(q.flatten(1), k.flatten(1), v))
+            qk = self.qk_norm(qk)
+        q, k = RotaryEmbedding.apply(cos_sin, qk).split([spec.num_heads, spec.num_kv_heads], dim=1)
+        return self.o_proj(self.attn(q, k, v))
 
 
 class DecoderMLP(nn.Module):
@@ -152,6 +152,8 @@ STACKED_PARAMS = (
     (".v_proj.", ".qkv_proj.", "v"),
     (".gate_proj.", ".gate_up_proj.", 0),
     (".up_proj.", ".gate_up_proj.", 1),
+    (".q_norm.", ".qk_norm.", "q"),
+    (".k_norm.", ".qk_norm.", "k"),
 )
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
