@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args, get_origin
 
@@ -56,7 +57,10 @@ class ModelConfig(_Section):
     quantization: str | None = Field(None, description="Quantization method (default: from the checkpoint's quantization_config).")
     attention_backend: str = Field("auto", description="Attention backend plugin name.")
     sampler: str = Field("auto", description="Sampler plugin name.")
-    enforce_eager: bool = Field(False, description="Never use torch.compile'd kernels (they compile once per process).")
+    enforce_eager: bool = Field(
+        default_factory=lambda: os.environ.get("FOLO_ENFORCE_EAGER", "0") == "1",
+        description="Run the model eagerly: no torch.compile of the forward or of attention kernels "
+                    "(they compile once per process, at start-up). Default: FOLO_ENFORCE_EAGER=1, else off.")
     trust_remote_code: bool = Field(False, description="Accepted for vLLM compatibility; Folo never runs code from a checkpoint.")
 
     _hf_config: Any = PrivateAttr(None)

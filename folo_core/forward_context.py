@@ -8,22 +8,25 @@ backend-specific arguments (vLLM's ``set_forward_context``).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 
 @dataclass
 class ForwardContext:
     attn_metadata: Any
+    # The running model's attention layers by prefix: a compiled graph reaches them by
+    # name through the ``folo::unified_attention`` op (``folo_core.attention.layer``).
+    attn_layers: dict[str, Any] = field(default_factory=dict)
 
 
 _current: ForwardContext | None = None
 
 
 @contextlib.contextmanager
-def set_forward_context(attn_metadata: Any) -> Iterator[None]:
+def set_forward_context(attn_metadata: Any, attn_layers: dict[str, Any] | None = None) -> Iterator[None]:
     global _current
-    previous, _current = _current, ForwardContext(attn_metadata)
+    previous, _current = _current, ForwardContext(attn_metadata, attn_layers or {})
     try:
         yield
     finally:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from helpers import build_tiny_model
+
+# Engines in tests run eagerly unless a test asks for the compiled forward
+# (enforce_eager=False): compiling costs tens of seconds per model shape on a
+# 2-core CI machine. tests/test_compiled_forward.py covers the compiled path.
+os.environ.setdefault("FOLO_ENFORCE_EAGER", "1")
 
 
 @pytest.fixture(scope="session")

@@ -35,15 +35,44 @@ class Attention(nn.Module):
         self.kv_cache: torch.Tensor | None = None
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """``query`` [T, H*D], ``key``/``value`` [T, KH*D] -> [T, H*D]."""
+        """``query`` [T, H, D] or [T, H*D], ``key``/``value`` [T, KH, D] or [T, KH*D] -> [T, H*D].
+
+        Inputs may be strided views (e.g. slices of a fused QKV output); backends
+        must not assume they are contiguous. Under ``torch.compile`` the call goes
+        through the opaque ``folo::unified_attention`` op, so the backend's Python
+        (metadata, buckets, cache writes) never breaks or enters the graph.
+        """
+        if torch.compiler.is_compiling():
+            return unified_attention(query, key, value, self.prefix)
+        return self.forward_eager(query, key, value)
+
+    def forward_eager(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         if self.kv_cache is None:
             raise RuntimeError(f"attention layer {self.prefix!r} has no KV cache bound")
-        num_tokens = query.shape[0]
         out = self.impl.forward(
-            query.view(num_tokens, self.num_heads, self.head_size),
-            key.view(num_tokens, self.num_kv_heads, self.head_size),
-            value.view(num_tokens, self.num_kv_heads, self.head_size),
+            self._by_head(query, self.num_heads),
+            self._by_head(key, self.num_kv_heads),
+            self._by_head(value, self.num_kv_heads),
             self.kv_cache,
             get_forward_context().attn_metadata,
         )
-        return out.reshape(num_tokens, self.num_heads * self.head_size)
+        return out.reshape(query.shape[0], self.num_heads * self.head_size)
+
+    def _by_head(self, x: torch.Tensor, num_heads: int) -> torch.Tensor:
+        return x if x.dim() == 3 else x.view(x.shape[0], num_heads, self.head_size)
+
+
+@torch.library.custom_op("folo::unified_attention", mutates_args=())
+def unified_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer_name: str) -> torch.Tensor:
+    """The attention layer ``layer_name`` of the model running this step (vLLM's op of the same name).
+
+    It writes the layer's KV cache, which is not an argument: the cache is the
+    layer's state, and the op's output depends on it, so the graph cannot drop or
+    reorder the call.
+    """
+    return get_forward_context().attn_layers[layer_name].forward_eager(query, key, value)
+
+
+@unified_attention.register_fake
+def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer_name: str) -> torch.Tensor:
+    return query.new_empty(query.shape[0], query.shape[1:].numel())

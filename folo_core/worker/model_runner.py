@@ -17,6 +17,7 @@ import torch
 
 from folo_core.attention.backend import AttentionBackend
 from folo_core.attention.layer import Attention
+from folo_core.compilation import CompiledForward
 from folo_core.config import EngineConfig
 from folo_core.forward_context import set_forward_context
 from folo_core.logger import init_logger
@@ -25,7 +26,7 @@ from folo_core.quantization import QuantizationConfig, WeightMemory, quantized_l
 from folo_core.sample.interface import Sampler
 from folo_core.sched.output import LogprobsEntry, ModelRunnerOutput, SchedulerOutput
 from folo_core.utils import cdiv
-from folo_core.worker.flat_batch import build_flat_batch
+from folo_core.worker.flat_batch import FlatBatch, build_flat_batch
 from folo_core.worker.input_batch import InputBatch
 
 logger = init_logger(__name__)
@@ -71,6 +72,8 @@ class ModelRunner:
         self.weight_memory: WeightMemory = weight_memory(self.model, self.dtype)
         self._log_weights()
         self.attn_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
+        self.attn_layers_by_name = {layer.prefix: layer for layer in self.attn_layers}
+        self.forward = CompiledForward(self.model)
         self.attn_metadata_builder = attn_backend.get_builder_cls()(attn_backend, self.device,
                                                                     config.model.enforce_eager)
         self.input_batch: InputBatch | None = None
@@ -134,6 +137,29 @@ class ModelRunner:
         )
         logger.info("KV cache: %d blocks of %d tokens (%.1f MiB)", num_blocks, self.block_size,
                     num_blocks * self.kv_cache_block_bytes() / 2**20)
+        if not self.config.model.enforce_eager:
+            self.forward.warm_up(self._warm_up_batches)
+
+    @torch.inference_mode()  # as execute_model: grad mode is part of what a compiled graph guards on
+    def _warm_up_batches(self, forward) -> None:
+        """Run the shapes a compiled graph must cover: a multi-token prefill, a decode batch
+        (which also builds the backend's own compiled kernels) and a single token.
+
+        The dummy tokens write KV into the first blocks; a block's slots are always written
+        by the request that owns it before that request reads them, so this leaves no trace.
+        """
+        max_len = min(self.max_model_len, self.num_blocks * self.block_size)
+        num_decode = min(8, self.config.scheduler.max_num_seqs)
+        decode_context = min(128, max_len - 1)
+        for computed, scheduled in (([0], [min(2, max_len)]),
+                                    ([decode_context] * num_decode, [1] * num_decode),
+                                    ([min(1, max_len - 1)], [1])):
+            computed, scheduled = np.array(computed), np.array(scheduled)
+            num_blocks = cdiv(int((computed + scheduled).max()), self.block_size)
+            table = np.tile(np.arange(num_blocks, dtype=np.int32), (len(computed), 1))
+            flat = build_flat_batch(computed, scheduled, table, np.arange(len(computed)), self.block_size,
+                                    self.device)
+            self._run_model(forward, flat, np.zeros(len(flat.positions), dtype=np.int64))
 
     # -- one step ---------------------------------------------------------------
 
@@ -166,16 +192,20 @@ class ModelRunner:
         samples = computed + num_sched >= batch.num_tokens[rows]
         logits_indices = (np.cumsum(num_sched) - 1)[samples]
 
-        device = self.device
-        attn_metadata = self.attn_metadata_builder.build(flat.attn_metadata)
-        with set_forward_context(attn_metadata):
-            hidden = self.model(torch.from_numpy(input_ids).to(device), torch.from_numpy(flat.positions).to(device))
+        hidden = self._run_model(self.forward, flat, input_ids)
         if not len(logits_indices):
             return ModelRunnerOutput(sampled_token_ids={})
-        logits = self.model.compute_logits(hidden[torch.from_numpy(logits_indices).to(device)]).float()
+        logits = self.model.compute_logits(hidden[torch.from_numpy(logits_indices).to(self.device)]).float()
         sample_rows = rows[samples]
         sampler_output = self.sampler(logits, batch.sampling_metadata(sample_rows))
         return self._collect(sample_rows, sampler_output)
+
+    def _run_model(self, forward, flat: FlatBatch, input_ids: np.ndarray) -> torch.Tensor:
+        """One forward over the flat batch, with its attention metadata built once."""
+        attn_metadata = self.attn_metadata_builder.build(flat.attn_metadata)
+        with set_forward_context(attn_metadata, self.attn_layers_by_name):
+            return forward(torch.from_numpy(input_ids).to(self.device),
+                           torch.from_numpy(flat.positions).to(self.device))
 
     def _collect(self, sample_rows: np.ndarray, out) -> ModelRunnerOutput:
         batch = self.input_batch

@@ -1,0 +1,68 @@
+"""The compiled forward: the whole decoder as one torch.compile (inductor) graph.
+
+Eager PyTorch dispatches every norm, rotary and activation op from Python, one
+at a time; inductor fuses them into a few C++ loops and calls them from one
+generated wrapper. Attention stays behind the opaque ``folo::unified_attention``
+op and CPU linears behind ``folo::mkldnn_linear``, so the graph never breaks.
+The graph is dynamic in the number of tokens (plus dynamo's specialised graph
+for a single token), compiled once per process at start-up by a warm-up run;
+inductor's on-disk cache makes later starts cheaper. Any failure to compile
+falls back to eager with one warning. ``enforce_eager=True`` skips all of it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from folo_core.logger import init_logger
+
+logger = init_logger(__name__)
+
+_RECOMPILE_LIMIT = 64
+ForwardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class CompiledForward:
+    """``model(input_ids, positions)`` through torch.compile once ``warm_up`` has succeeded."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._compiled: ForwardFn | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._compiled is not None
+
+    def warm_up(self, run_batches: Callable[[ForwardFn], None]) -> bool:
+        """Compile by running ``run_batches`` with the compiled forward; on any error, stay eager.
+
+        ``run_batches(forward)`` runs the shapes the graph must cover (the caller
+        owns the inputs and the forward context); the compiled function is used
+        only if every one of them succeeds.
+        """
+        logger.info("compiling the model forward with torch.compile (once per process; "
+                    "enforce_eager=True skips this)")
+        start = time.perf_counter()
+        # Dynamo keeps the graphs of every model instance of a class under one code object
+        # (two per model shape: one token, and any other count); a process that builds
+        # several engines must not run out of room.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
+        compiled = torch.compile(self.model.forward, dynamic=True, fullgraph=True)
+        try:
+            run_batches(compiled)
+        except Exception as exc:  # no C++ compiler, an op inductor cannot lower, ...
+            logger.warning("torch.compile of the model failed (%s: %s); running eager",
+                           type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            return False
+        self._compiled = compiled
+        logger.info("model forward compiled in %.1f s", time.perf_counter() - start)
+        return True
+
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if self._compiled is not None:
+            return self._compiled(input_ids, positions)
+        return self.model(input_ids, positions)

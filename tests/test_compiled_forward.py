@@ -1,0 +1,101 @@
+"""The compiled forward (torch.compile of the whole decoder) gives the eager path's tokens and logits.
+
+Compiling costs tens of seconds per model shape here, so each model is compiled
+once (module-scoped engines) and checked for greedy equality with HF, with the
+eager engine, and for log-probs within COMPILED_LOGPROB_ATOL of eager.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from folo_core import LLM, SamplingParams
+from helpers import hf_greedy, random_prompts
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+# float32 throughout; inductor fuses norms and rotary into other loops (a different summation
+# order), so log-probs agree to about 1e-6, not bit for bit.
+COMPILED_LOGPROB_ATOL = 1e-4
+
+
+def compiled_llm(path, **kwargs) -> LLM:
+    llm = LLM(str(path), enforce_eager=False, **kwargs)
+    assert llm.llm_engine.engine_core.model_runner.forward.active, "the forward did not compile"
+    return llm
+
+
+def logprob_rows(llm: LLM, prompts: list[list[int]], k: int) -> list[torch.Tensor]:
+    params = SamplingParams(temperature=0, max_tokens=4, logprobs=k, ignore_eos=True)
+    rows = []
+    for output in llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False):
+        for entry in output.outputs[0].logprobs:
+            rows.append(torch.tensor([lp.logprob for _, lp in sorted(entry.items())]))
+    return rows
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "llama"])
+def test_compiled_matches_hf_and_eager(tiny_model_dir, kind):
+    path = tiny_model_dir(kind)
+    prompts = random_prompts(9, 512, seed=3, min_len=1, max_len=70)
+    compiled = compiled_llm(path, skip_tokenizer_init=True, dtype="float32")
+    eager = LLM(str(path), skip_tokenizer_init=True, dtype="float32", enforce_eager=True)
+    outputs = compiled.generate([{"prompt_token_ids": p} for p in prompts], GREEDY, use_tqdm=False)
+    tokens = [o.outputs[0].token_ids for o in outputs]
+    assert tokens == hf_greedy(path, prompts, GREEDY.max_tokens)
+    eager_tokens = [o.outputs[0].token_ids
+                    for o in eager.generate([{"prompt_token_ids": p} for p in prompts], GREEDY, use_tqdm=False)]
+    assert tokens == eager_tokens
+    for ours, reference in zip(logprob_rows(compiled, prompts[:3], 20), logprob_rows(eager, prompts[:3], 20)):
+        torch.testing.assert_close(ours, reference, atol=COMPILED_LOGPROB_ATOL, rtol=0)
+
+
+@pytest.mark.slow
+def test_compiled_smollm2_matches_hf(smollm2_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prompts = ["The capital of France is", "def fibonacci(n):"]
+    llm = compiled_llm(smollm2_path, dtype="float32", max_model_len=512)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    for prompt, output in zip(prompts, llm.generate(prompts, params, use_tqdm=False)):
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.inference_mode():
+            ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
+                                 eos_token_id=None, pad_token_id=tokenizer.eos_token_id)[0, ids.shape[1]:]
+        assert output.outputs[0].token_ids == ref.tolist(), prompt
+
+
+def test_compile_failure_falls_back_to_eager(tiny_model_dir, monkeypatch, caplog):
+    import folo_core.compilation as compilation
+
+    def broken_compile(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("inductor is unavailable (simulated)")
+        return compiled
+
+    monkeypatch.setattr(compilation.torch, "compile", broken_compile)
+    logging.getLogger("folo").propagate = True
+    path = tiny_model_dir("qwen2")
+    prompts = random_prompts(3, 512, seed=4)
+    with caplog.at_level(logging.WARNING, logger="folo"):
+        llm = LLM(str(path), skip_tokenizer_init=True, dtype="float32", enforce_eager=False)
+    assert not llm.llm_engine.engine_core.model_runner.forward.active
+    warnings = [r.message for r in caplog.records if "torch.compile of the model failed" in r.message]
+    assert len(warnings) == 1 and "simulated" in warnings[0]
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], GREEDY, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outputs] == hf_greedy(path, prompts, GREEDY.max_tokens)
+
+
+def test_enforce_eager_never_compiles(tiny_model_dir, monkeypatch):
+    import folo_core.compilation as compilation
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("torch.compile called with enforce_eager=True")
+
+    monkeypatch.setattr(compilation.torch, "compile", no_compile)
+    llm = LLM(str(tiny_model_dir("llama")), skip_tokenizer_init=True, enforce_eager=True)
+    assert not llm.llm_engine.engine_core.model_runner.forward.active
