@@ -20,7 +20,7 @@ def test_buckets_cover_every_decode_once_sorted_by_length():
         block_table=torch.arange(40 * 13, dtype=torch.int32).view(40, 13), slot_mapping=torch.zeros(40, dtype=torch.long),
         num_reqs=40, num_actual_tokens=40, max_query_len=1, max_seq_len=int(lens.max()), block_size=16)
     md = PagedSDPAMetadataBuilder(PagedSDPABackend, torch.device("cpu")).build(common)
-    assert len(md.decode_buckets) == 4
+    assert 1 < len(md.decode_buckets) <= 4  # lengths that spread: split, up to 4 calls
     covered = torch.cat([b.token_idx for b in md.decode_buckets])
     assert sorted(covered.tolist()) == list(range(40))
     maxima = [int(lens[b.token_idx].max()) for b in md.decode_buckets]
@@ -28,6 +28,20 @@ def test_buckets_cover_every_decode_once_sorted_by_length():
     for b in md.decode_buckets:  # each bucket pads only to its own longest request
         assert b.block_table.shape[1] == -(-int(lens[b.token_idx].max()) // 16)
         assert b.mask.sum() == lens[b.token_idx].sum()
+
+
+def test_alike_lengths_share_one_bucket_in_batch_order():
+    """Splitting 32 decodes of about the same length would only add calls: one bucket, no gather."""
+    n = 32
+    lens = torch.randint(200, 210, (n,), dtype=torch.int32)
+    common = CommonAttentionMetadata(
+        query_start_loc=torch.arange(n + 1, dtype=torch.int32), query_start_loc_cpu=torch.arange(n + 1, dtype=torch.int32),
+        seq_lens=lens, seq_lens_cpu=lens, num_computed_tokens_cpu=lens - 1,
+        block_table=torch.arange(n * 14, dtype=torch.int32).view(n, 14), slot_mapping=torch.zeros(n, dtype=torch.long),
+        num_reqs=n, num_actual_tokens=n, max_query_len=1, max_seq_len=int(lens.max()), block_size=16)
+    md = PagedSDPAMetadataBuilder(PagedSDPABackend, torch.device("cpu")).build(common)
+    assert len(md.decode_buckets) == 1 and md.decode_buckets[0].token_idx is None
+    assert md.decode_buckets[0].mask.sum() == lens.sum()
 
 
 def test_many_decodes_match_the_reference_backend(tiny_model_dir):
@@ -91,4 +105,4 @@ def test_enforce_eager_keeps_every_bucket_on_sdpa():
     eager = PagedSDPAMetadataBuilder(PagedSDPABackend, torch.device("cpu"), enforce_eager=True).build(common)
     default = PagedSDPAMetadataBuilder(PagedSDPABackend, torch.device("cpu")).build(common)
     assert not any(b.compiled for b in eager.decode_buckets)
-    assert all(b.compiled for b in default.decode_buckets)  # 16 requests x 304 slots each >= 4096
+    assert all(b.compiled for b in default.decode_buckets)  # 64 requests x 300 tokens >= 1024
