@@ -5,7 +5,9 @@ exactly as the model runner would (metadata from ``build_flat_batch``, built
 once per step and shared by two layers, each with its own shuffled paged cache
 whose unwritten slots hold NaN, so reading one shows), and checks every output
 against the reference math (``folo_core.attention.ops.causal_attention``, in
-float32, on each request's keys and values so far). After the last step it reads the cache back through
+float32, on each request's keys and values so far). Queries, keys and values
+arrive as strided views of one fused tensor, as the decoder passes them, and the
+output must be a tensor of its own. After the last step it reads the cache back through
 the backend's ``split_kv_cache`` at every slot any step wrote.
 
 Cases cover pure prefill, pure decode, mixed batches and chunked prefill
@@ -186,8 +188,12 @@ def check_conformance(backend: type[AttentionBackend], case: ConformanceCase, de
         slots = flat.attn_metadata.slot_mapping.cpu().split([e - s for _, s, e in spans])
         written += [(slot, r, s, e) for slot, (r, s, e) in zip(slots, spans)]
         for layer in range(NUM_LAYERS):
-            q, k, v = (torch.cat([work.qkv[layer][r][i][s:e] for r, s, e in spans]).to(dev) for i in range(3))
+            # q, k and v as the decoder hands them over: strided views of one fused tensor.
+            fused = torch.cat([torch.cat([t[s:e] for t in work.qkv[layer][r]], dim=1) for r, s, e in spans]).to(dev)
+            q, k, v = fused.split([case.num_heads, kvh, kvh], dim=1)
             out = impl.forward(q, k, v, caches[layer], metadata)
+            assert out.untyped_storage().data_ptr() != fused.untyped_storage().data_ptr(), (
+                f"{backend.name} [{case}]: the output is a view of the inputs; return a new tensor")
             _compare(out, case, work.qkv[layer], spans, f"{backend.name} [{case}] step {step} layer {layer}")
         for r, _, end in spans:
             done[r] = end
