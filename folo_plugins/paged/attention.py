@@ -148,7 +148,9 @@ class PagedSDPAImpl(AttentionImpl):
         o = None
         if bucket.compiled:
             key_cache, value_cache = PagedSDPABackend.split_kv_cache(kv_cache)
-            o = CompiledDecode.run(q, key_cache, value_cache, bucket.block_table, bucket.seq_lens, self.scale)
+            # Contiguous: a strided view and a gathered copy would otherwise compile twice.
+            o = CompiledDecode.run(q.contiguous(), key_cache, value_cache, bucket.block_table, bucket.seq_lens,
+                                   self.scale)
         if o is None:
             # Keys and values of exactly the slots needed, in one index_select over the default
             # [2, slots, ...] view of the layout; no stale slot (possibly NaN) is ever read.
