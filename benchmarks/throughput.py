@@ -36,24 +36,14 @@ def run_folo(requests: list[BenchRequest], engine_kwargs: dict) -> float:
 def run_hf(requests: list[BenchRequest], model_path: str, dtype: torch.dtype, max_batch_size: int) -> float:
     """HF ``generate`` with its best batching: requests sorted by length, left-padded batches."""
     from tqdm import tqdm
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval()
-    order = sorted(requests, key=lambda r: (len(r.prompt_token_ids), r.output_len))
-    start = time.perf_counter()
+    from peers.worker import hf_generate_fn, hf_varlen
+
+    generate = hf_generate_fn(model_path, str(dtype).removeprefix("torch."))
+    workload = {"prompts": [r.prompt_token_ids for r in requests], "output_lens": [r.output_len for r in requests],
+                "greedy": False}
     with torch.inference_mode():
-        for i in tqdm(range(0, len(order), max_batch_size), desc="HF batches"):
-            batch = order[i:i + max_batch_size]
-            width = max(len(r.prompt_token_ids) for r in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
-            mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for row, r in enumerate(batch):
-                ids[row, width - len(r.prompt_token_ids):] = torch.tensor(r.prompt_token_ids)
-                mask[row, width - len(r.prompt_token_ids):] = 1
-            new = max(r.output_len for r in batch)
-            model.generate(ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                           max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
-    return time.perf_counter() - start
+        return hf_varlen(workload, generate, max_batch_size, lambda batches: tqdm(batches, desc="HF batches"))
 
 
 def report(name: str, elapsed: float, requests: list[BenchRequest]) -> dict:

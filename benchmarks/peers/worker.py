@@ -47,16 +47,24 @@ def folo_latency(llm, prompt: dict, params) -> dict:
     return {"elapsed": elapsed, "ttft": ttft, "tpot": (elapsed - ttft) / (params.max_tokens - 1)}
 
 
-def hf(spec: dict) -> dict:
+def hf_generate_fn(model_path: str, dtype: str):
+    """``generate(ids, mask, new_tokens, greedy)`` over an HF model: exactly ``new_tokens`` each."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=getattr(torch, spec["dtype"])).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
 
     def generate(ids: torch.Tensor, mask: torch.Tensor, new: int, greedy: bool) -> None:
         model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=not greedy,
                        temperature=1.0, top_p=1.0, top_k=0, pad_token_id=0)
 
+    return generate
+
+
+def hf(spec: dict) -> dict:
+    import torch
+
+    generate = hf_generate_fn(spec["model"], spec["dtype"])
     results = {}
     with torch.inference_mode():
         generate(torch.full((1, 8), 100), torch.ones(1, 8, dtype=torch.long), 4, True)
@@ -80,14 +88,14 @@ def hf(spec: dict) -> dict:
     return results
 
 
-def hf_varlen(w: dict, generate, batch_size: int = 16) -> float:
+def hf_varlen(w: dict, generate, batch_size: int = 16, progress=lambda batches: batches) -> float:
     """HF's best batching: requests sorted by length, left-padded batches, each batch generating
-    its longest output."""
+    its longest output, sampled (``w["greedy"]`` false) or greedy."""
     import torch
 
     order = sorted(zip(w["prompts"], w["output_lens"]), key=lambda r: (len(r[0]), r[1]))
     start = time.perf_counter()
-    for i in range(0, len(order), batch_size):
+    for i in progress(range(0, len(order), batch_size)):
         batch = order[i:i + batch_size]
         width = max(len(p) for p, _ in batch)
         ids = torch.zeros(len(batch), width, dtype=torch.long)
@@ -95,7 +103,7 @@ def hf_varlen(w: dict, generate, batch_size: int = 16) -> float:
         for row, (p, _) in enumerate(batch):
             ids[row, width - len(p):] = torch.tensor(p)
             mask[row, width - len(p):] = 1
-        generate(ids, mask, max(o for _, o in batch), False)
+        generate(ids, mask, max(o for _, o in batch), w["greedy"])
     return time.perf_counter() - start
 
 
