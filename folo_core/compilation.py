@@ -51,6 +51,9 @@ class CompiledForward:
         # (two per model shape: one token, and any other count); a process that builds
         # several engines must not run out of room.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
+        # Fused loops otherwise keep bf16/fp16 intermediates in float32, where eager (and HF)
+        # round each op's result: logits then differ by a bf16 step, enough to flip greedy picks.
+        torch._inductor.config.emulate_precision_casts = True
         compiled = torch.compile(self.model.forward, dynamic=True, fullgraph=True)
         try:
             run_batches(compiled)
