@@ -37,17 +37,22 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
 
 
+def _linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x W^T + b`` with ``W`` from ``pack``; ``x`` is [tokens, in_features]."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, "none", [], "")
+
+
 def packed_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x W^T + b``; eager calls oneDNN directly (a custom op costs about 15 us a call)."""
     if torch.compiler.is_compiling():
         return mkldnn_linear(x, packed_weight, bias)
-    return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, "none", [], "")
+    return _linear(x, packed_weight, bias)
 
 
 @torch.library.custom_op("folo::mkldnn_linear", mutates_args=())
 def mkldnn_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x W^T + b`` with ``W`` from ``pack``; ``x`` is [tokens, in_features]."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, "none", [], "")
+    """``_linear`` as an op a compiled graph can hold (it cannot take the opaque weight itself)."""
+    return _linear(x, packed_weight, bias)
 
 
 @mkldnn_linear.register_fake
