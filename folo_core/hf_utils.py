@@ -1,4 +1,9 @@
-"""transformers interop: read a checkpoint's config, tokenizer and EOS ids with clear errors."""
+"""transformers interop: read a checkpoint's config, tokenizer and EOS ids with clear errors.
+
+Every transformers call passes ``trust_remote_code=False``: a checkpoint is data, and
+its ``auto_map`` code (``configuration_*.py``, ``tokenization_*.py``) never runs, not
+even when transformers would otherwise ask on stdin.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ def load_hf_config(model_path: str) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(model_path)
+        return AutoConfig.from_pretrained(model_path, trust_remote_code=False)
     except Exception as exc:
         raise CheckpointError(f"cannot read {model_path}/config.json: {exc}") from None
 
@@ -26,7 +31,7 @@ def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except Exception as exc:
         raise CheckpointError(
             f"cannot load a tokenizer from {path!r} ({exc}); pass tokenizer=PATH or skip_tokenizer_init=True"
