@@ -61,6 +61,7 @@ class ModelConfig(_Section):
         default_factory=lambda: os.environ.get("FOLO_ENFORCE_EAGER", "0") == "1",
         description="Run the model eagerly: no torch.compile of the forward or of attention kernels "
                     "(they compile once per process, at start-up). Default: FOLO_ENFORCE_EAGER=1, else off.")
+    max_logprobs: int = Field(20, ge=-1, description="Most log-probs a request may ask for per token (vLLM's default); -1 = the vocabulary size.")
     trust_remote_code: bool = Field(False, description="Accepted for vLLM compatibility; Folo never runs code from a checkpoint.")
 
     _hf_config: Any = PrivateAttr(None)

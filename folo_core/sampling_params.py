@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
+from numbers import Real
 
 _SAMPLING_EPS = 1e-5
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class RequestOutputKind(enum.Enum):
@@ -44,21 +47,40 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
-        self.stop = list(self.stop or [])
-        self.stop_token_ids = [int(t) for t in (self.stop_token_ids or [])]
-        if self.top_k is None or self.top_k < 0:  # vLLM < 0.9 used -1 for "disabled"
-            self.top_k = 0
+        self.stop = [] if self.stop is None else self.stop
+        self.stop_token_ids = [] if self.stop_token_ids is None else self.stop_token_ids
         self._verify_args()
+        self.stop, self.stop_token_ids = list(self.stop), list(self.stop_token_ids)
+        if self.top_k == -1:  # vLLM < 0.9 used -1 for "disabled"
+            self.top_k = 0
         if self.temperature < _SAMPLING_EPS:
             # Greedy: the truncation knobs cannot change the argmax.
             self.top_p, self.top_k, self.min_p = 1.0, 0, 0.0
 
     def _verify_args(self) -> None:
+        """vLLM's ranges, plus what must hold for the engine step never to fail on a value:
+        integers fit int64 (the runner's arrays), floats are finite numbers."""
         def check(ok: bool, msg: str) -> None:
             if not ok:
                 raise ValueError(msg)
 
-        check(isinstance(self.n, int) and self.n >= 1, f"n must be at least 1, got {self.n}.")
+        def integer(name: str, value: object, optional: bool = False) -> None:
+            if value is None and optional:
+                return
+            check(isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX,
+                  f"{name} must be a 64-bit integer, got {value!r}.")
+
+        def number(name: str, value: object) -> None:
+            check(isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value),
+                  f"{name} must be a finite number, got {value!r}.")
+
+        for name in ("presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p",
+                     "min_p"):
+            number(name, getattr(self, name))
+        for name, optional in (("n", False), ("top_k", False), ("seed", True), ("max_tokens", True),
+                               ("min_tokens", False), ("logprobs", True)):
+            integer(name, getattr(self, name), optional)
+        check(self.n >= 1, f"n must be at least 1, got {self.n}.")
         check(-2.0 <= self.presence_penalty <= 2.0,
               f"presence_penalty must be in [-2, 2], got {self.presence_penalty}.")
         check(-2.0 <= self.frequency_penalty <= 2.0,
@@ -67,7 +89,7 @@ class SamplingParams:
               f"repetition_penalty must be greater than zero, got {self.repetition_penalty}.")
         check(self.temperature >= 0.0, f"temperature must be non-negative, got {self.temperature}.")
         check(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}.")
-        check(isinstance(self.top_k, int), f"top_k must be an integer, got {self.top_k!r}.")
+        check(self.top_k >= -1, f"top_k must be 0 or -1 (disable), or at least 1, got {self.top_k}.")
         check(0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1], got {self.min_p}.")
         check(self.max_tokens is None or self.max_tokens >= 1,
               f"max_tokens must be at least 1, got {self.max_tokens}.")
@@ -76,8 +98,15 @@ class SamplingParams:
               f"min_tokens must be less than or equal to max_tokens={self.max_tokens}, got {self.min_tokens}.")
         check(self.logprobs is None or self.logprobs >= 0,
               f"logprobs must be non-negative, got {self.logprobs}.")
-        check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings.")
-        check(self.seed is None or isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}.")
+        # Child i of an n > 1 request samples with seed + i (``ParentRequest``).
+        check(self.seed is None or self.seed + self.n - 1 <= INT64_MAX,
+              f"seed + n - 1 must fit a 64-bit integer, got seed={self.seed} with n={self.n}.")
+        check(isinstance(self.stop, (list, tuple)) and all(isinstance(s, str) and s for s in self.stop),
+              "stop must be a non-empty string or a list of non-empty strings.")
+        ids = self.stop_token_ids
+        check(isinstance(ids, (list, tuple))
+              and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids),
+              f"stop_token_ids must be a list of non-negative integers, got {ids!r}.")
 
     @property
     def greedy(self) -> bool:

@@ -68,7 +68,7 @@ LOGPROB_CASES = [(name, "float32", "dequant", LOGPROB_ATOL) for name in CHECKPOI
 @pytest.mark.parametrize("name, dtype, kernel, atol", LOGPROB_CASES)
 def test_logprobs_match_transformers(name, dtype, kernel, atol, gptq_checkpoint, hf_reference):
     prompt, reference = hf_reference(name)
-    llm = LLM(str(gptq_checkpoint(name)), dtype=dtype, skip_tokenizer_init=True)
+    llm = LLM(str(gptq_checkpoint(name)), dtype=dtype, skip_tokenizer_init=True, max_logprobs=-1)
     assert kernels_used(llm) == {kernel}
     torch.testing.assert_close(prefix_logprobs(llm, prompt), reference, atol=atol, rtol=0)
 
@@ -84,7 +84,7 @@ def test_float32_greedy_matches_transformers(name, gptq_checkpoint):
             out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                  max_new_tokens=GREEDY.max_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
             expected.append(out[0, len(ids):].tolist())
-    llm = LLM(str(path), dtype="float32", skip_tokenizer_init=True)
+    llm = LLM(str(path), dtype="float32", skip_tokenizer_init=True, max_logprobs=-1)
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], GREEDY, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outputs] == expected
 
@@ -151,9 +151,10 @@ def test_dynamic_exclusion_loads_that_module_unquantized(gptq_checkpoint, tmp_pa
     edit_tensors(mixed, dense_down_proj)
     edit_quantization_config(mixed, dynamic={r"-:model\.layers\.1\.mlp\.down_proj": {}})
     prompt = random_prompts(1, VOCAB, seed=9, min_len=12, max_len=12)[0]
-    llm = LLM(str(mixed), dtype="float32", skip_tokenizer_init=True)
+    llm = LLM(str(mixed), dtype="float32", skip_tokenizer_init=True, max_logprobs=-1)
     model = llm.llm_engine.engine_core.model_runner.model
     assert not hasattr(model.model.layers[1].mlp.down_proj, "kernel")
     assert hasattr(model.model.layers[0].mlp.down_proj, "kernel")
-    expected = prefix_logprobs(LLM(str(src), dtype="float32", skip_tokenizer_init=True), prompt)
+    expected = prefix_logprobs(LLM(str(src), dtype="float32", skip_tokenizer_init=True,
+                                        max_logprobs=-1), prompt)
     torch.testing.assert_close(prefix_logprobs(llm, prompt), expected, atol=LOGPROB_ATOL, rtol=0)

@@ -29,7 +29,7 @@ def test_prefill_logprobs_match_hf(tiny_model):
 
     prompt = random_prompts(1, 512, seed=5, min_len=24, max_len=24)[0]
     reference = hf_logits(tiny_model, prompt).log_softmax(-1)
-    llm = LLM(str(tiny_model), skip_tokenizer_init=True, dtype="float32")
+    llm = LLM(str(tiny_model), skip_tokenizer_init=True, dtype="float32", max_logprobs=-1)
     prefixes = [{"prompt_token_ids": prompt[:k]} for k in range(1, len(prompt) + 1)]
     outputs = llm.generate(prefixes, SamplingParams(temperature=0, max_tokens=1, logprobs=512), use_tqdm=False)
     for k, output in enumerate(outputs):

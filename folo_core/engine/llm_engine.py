@@ -43,7 +43,8 @@ class LLMEngine:
                           else load_tokenizer(self.config.model.tokenizer or model_path))
         self.engine_core = EngineCore(self.config, plugins)
         self.processor = Processor(self.tokenizer, self.config.model.max_model_len, hf_config.vocab_size,
-                                   eos_token_ids(hf_config, self.tokenizer, model_path))
+                                   eos_token_ids(hf_config, self.tokenizer, model_path),
+                                   self.config.model.max_logprobs)
         self.output_processor = OutputProcessor(self.tokenizer)
 
     @classmethod

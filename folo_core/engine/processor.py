@@ -12,12 +12,38 @@ PromptType = Union[str, Mapping[str, Any]]
 either mapping may add ``"cache_salt"``."""
 
 
+def max_prompt_chars(tokenizer: Any, max_model_len: int) -> int:
+    """The most characters a text can have and still encode to ``max_model_len`` tokens.
+
+    No token spells more characters than its vocabulary string (byte-level BPE writes one
+    character per byte), so a longer text cannot fit. A normalizer (e.g. Qwen's NFC) may
+    merge a few code points into one, hence the margin.
+    """
+    longest = max(map(len, tokenizer.get_vocab()), default=1)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    margin = 4 if backend is None or backend.normalizer is not None else 1
+    return max_model_len * longest * margin
+
+
 class Processor:
-    def __init__(self, tokenizer, max_model_len: int, vocab_size: int, eos_token_ids: frozenset[int]) -> None:
+    """Everything a request is checked against before it is queued, so that no value of it can
+    fail an engine step (and with it every other request in flight)."""
+
+    def __init__(self, tokenizer, max_model_len: int, vocab_size: int, eos_token_ids: frozenset[int],
+                 max_logprobs: int = 20) -> None:
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.vocab_size = vocab_size
         self.eos_token_ids = eos_token_ids
+        self.max_logprobs = vocab_size if max_logprobs == -1 else max_logprobs
+        self.max_prompt_chars = max_prompt_chars(tokenizer, max_model_len) if tokenizer is not None else None
+
+    def check_prompt_chars(self, text: str, what: str = "prompt") -> None:
+        """Refuse, before any tokenizing or rendering, a text too long for any prompt that fits."""
+        if self.max_prompt_chars is not None and len(text) > self.max_prompt_chars:
+            raise ValueError(
+                f"The {what} has {len(text)} characters; no text longer than {self.max_prompt_chars} characters "
+                f"can fit the maximum model length of {self.max_model_len} tokens.")
 
     def tokenize(self, prompt: PromptType) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
@@ -34,6 +60,7 @@ class Processor:
                 f"unsupported prompt {prompt!r}: pass a string, {{'prompt': str}} or {{'prompt_token_ids': [int, ...]}}")
         if self.tokenizer is None:
             raise ValueError("text prompts need a tokenizer (skip_tokenizer_init=True: pass prompt_token_ids)")
+        self.check_prompt_chars(text)
         return text, self.tokenizer.encode(text)
 
     def process(self, prompt: PromptType, params: SamplingParams) -> tuple[str | None, list[int], SamplingParams]:
@@ -48,8 +75,23 @@ class Processor:
                 f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of "
                 f"{self.max_model_len}. Make sure that `max_model_len` is no smaller than the number of "
                 "text tokens.")
+        return text, ids, self.process_params(params)
+
+    def process_params(self, params: SamplingParams) -> SamplingParams:
+        """A copy of ``params`` checked against the model: vocabulary, log-prob limit, length."""
         if not isinstance(params, SamplingParams):
             raise TypeError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
+        bad = [t for t in params.stop_token_ids if t >= self.vocab_size]
+        if bad:
+            raise ValueError(f"stop_token_ids entry {bad[0]} is out of vocabulary (size {self.vocab_size})")
+        if params.logprobs is not None and params.logprobs > self.max_logprobs:
+            raise ValueError(f"Requested sample logprobs of {params.logprobs}, which is greater than max allowed: "
+                             f"{self.max_logprobs}")
         params = params.clone()
+        params._verify_args()  # a caller may have changed fields since construction
         params._eos_token_ids = self.eos_token_ids
-        return text, ids, params
+        if params.top_k >= self.vocab_size:  # keeps the whole vocabulary: the same as no top-k
+            params.top_k = 0
+        # No request outputs more than the model length, so a larger minimum changes nothing.
+        params.min_tokens = min(params.min_tokens, self.max_model_len)
+        return params
