@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from folo_core import LLM, SamplingParams
 from folo_core.config import ConfigError
+from folo_core.engine.errors import EngineStepError
 from folo_core.models import CheckpointError
 from folo_core.registry import PluginSelectionError
 from helpers import random_prompts
@@ -144,7 +145,7 @@ def test_checkpoint_unknown_architecture(model_dir, tmp_path):
         LLM(str(target), skip_tokenizer_init=True)
 
 
-def test_failing_step_withdraws_the_call_and_engine_keeps_serving(llm, monkeypatch):
+def test_failing_step_fails_its_requests_and_engine_keeps_serving(llm, monkeypatch):
     runner = llm.llm_engine.engine_core.model_runner
     original = runner.execute_model
     calls = {"n": 0}
@@ -156,8 +157,10 @@ def test_failing_step_withdraws_the_call_and_engine_keeps_serving(llm, monkeypat
         return original(scheduler_output)
 
     monkeypatch.setattr(runner, "execute_model", flaky)
-    with pytest.raises(RuntimeError, match="simulated kernel failure"):
+    with pytest.raises(EngineStepError, match="2 of 2 request.*simulated kernel failure") as info:
         llm.generate([ok_prompt(), ok_prompt()], SamplingParams(max_tokens=5, ignore_eos=True), use_tqdm=False)
+    assert [o.outputs[0].finish_reason for o in info.value.outputs] == ["error", "error"]
+    assert "RuntimeError: simulated kernel failure" in info.value.outputs[0].outputs[0].error
     assert not llm.llm_engine.has_unfinished_requests()
     assert llm.llm_engine.get_stats().kv_cache_usage == 0.0
     still_serves(llm)

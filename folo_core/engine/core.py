@@ -157,8 +157,19 @@ class EngineCore:
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
 
     def step(self) -> list[EngineCoreOutput]:
+        """One scheduling decision through the runner. If the runner fails, every request of
+        the decision finishes with ``finish_reason="error"`` (their KV and runner state may be
+        half-updated, so none of them can go on); requests outside it are untouched, and
+        scheduler, KV manager and runner still agree on each one's blocks."""
         if not self.scheduler.has_unfinished_requests():
             return []
         scheduler_output = self.scheduler.schedule()
-        runner_output = self.model_runner.execute_model(scheduler_output)
+        try:
+            runner_output = self.model_runner.execute_model(scheduler_output)
+        except Exception as exc:
+            logger.error("engine step failed (%s: %s); failing the %d request(s) it ran", type(exc).__name__,
+                         exc, len(scheduler_output.num_scheduled_tokens), exc_info=exc)
+            self.scheduler.resend_dropped(scheduler_output)
+            return self.scheduler.fail_requests(scheduler_output.num_scheduled_tokens,
+                                                f"engine step failed: {type(exc).__name__}: {exc}")
         return self.scheduler.update_from_output(scheduler_output, runner_output)

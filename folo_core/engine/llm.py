@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from folo_core.config import EngineConfig
 from folo_core.engine.chat_utils import ChatMessage, render_chat
+from folo_core.engine.errors import EngineStepError
 from folo_core.engine.llm_engine import LLMEngine
 from folo_core.engine.processor import PromptType
 from folo_core.outputs import RequestOutput
@@ -76,7 +77,7 @@ class LLM:
                     add_generation_prompt: bool = True,
                     chat_template_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
         return render_chat(self.get_tokenizer(), conversation, chat_template, add_generation_prompt,
-                           chat_template_kwargs)
+                           chat_template_kwargs, self.llm_engine.processor.max_prompt_chars)
 
     def _add_requests(self, prompts: list[PromptType], params_list: list[SamplingParams],
                       priority: Sequence[int] | None) -> list[str]:
@@ -116,4 +117,8 @@ class LLM:
                         bar.set_postfix_str(f"input: {prompt_tokens / elapsed:.1f} toks/s, "
                                             f"output: {output_tokens / elapsed:.1f} toks/s", refresh=False)
                         bar.update(1)
-        return [finished[r] for r in request_ids]
+        outputs = [finished[r] for r in request_ids]
+        errors = [c.error for o in outputs for c in o.outputs if c.finish_reason == "error"]
+        if errors:  # the others ran to the end; they travel with the error
+            raise EngineStepError(f"{len(errors)} of {len(outputs)} request(s) failed; first: {errors[0]}", outputs)
+        return outputs

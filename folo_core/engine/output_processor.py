@@ -30,6 +30,7 @@ class RequestState:
     cumulative_logprob: float | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    error: str | None = None
     num_cached_tokens: int = 0
     parent: "ParentRequest | None" = None
     index: int = 0  # this child's place among its parent's n outputs
@@ -52,7 +53,7 @@ class RequestState:
         completion = CompletionOutput(
             index=self.index, text=text, token_ids=list(token_ids), cumulative_logprob=self.cumulative_logprob,
             logprobs=list(logprobs) if logprobs is not None else None,
-            finish_reason=self.finish_reason, stop_reason=self.stop_reason)
+            finish_reason=self.finish_reason, stop_reason=self.stop_reason, error=self.error)
         if self.parent is not None:
             return self.parent.make_output(completion, finished, self)
         return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, [completion], finished,
@@ -142,7 +143,7 @@ class OutputProcessor:
             state.num_cached_tokens = out.num_cached_tokens
             if state.logprobs is not None:
                 self._add_logprobs(state, out.new_logprobs)
-            state.finish_reason, state.stop_reason = out.finish_reason, out.stop_reason
+            state.finish_reason, state.stop_reason, state.error = out.finish_reason, out.stop_reason, out.error
             if state.detokenizer is not None:
                 stop_terminated = out.finish_reason == "stop" and not isinstance(out.stop_reason, str)
                 stop_string = state.detokenizer.update(out.new_token_ids, stop_terminated)

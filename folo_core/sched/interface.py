@@ -86,10 +86,29 @@ class Scheduler(ABC):
     def get_num_unfinished_requests(self) -> int:
         return len(self.waiting) + len(self.running)
 
+    def fail_requests(self, request_ids: Iterable[str], error: str) -> list[EngineCoreOutput]:
+        """Finish requests whose step failed (``finish_reason="error"``), freeing their blocks."""
+        outputs = []
+        for req_id in request_ids:
+            request = self.requests.get(req_id)
+            if request is None or request.is_finished():
+                continue
+            self.finish_requests(req_id, RequestStatus.FINISHED_ERROR)
+            outputs.append(EngineCoreOutput(req_id, [], finish_reason=request.get_finished_reason(),
+                                            num_cached_tokens=max(request.num_cached_tokens, 0), error=error))
+        return outputs
+
+    def resend_dropped(self, scheduler_output: SchedulerOutput) -> None:
+        """The step that carried ``scheduler_output`` failed, maybe before the runner read it:
+        tell the runner again, with the next decision, which requests to drop."""
+        self._finished_req_ids |= scheduler_output.finished_req_ids
+        self._preempted_req_ids |= scheduler_output.preempted_req_ids
+
     def _free_request(self, request: Request) -> None:
         self.kv_cache_manager.free(request)
         self._sent_blocks.pop(request.request_id, None)
-        if request.request_id in self._runner_known:
+        # A preempted request's runner state (its seeded generator) outlives the preemption.
+        if request.request_id in self._runner_known or request.num_preemptions:
             self._runner_known.discard(request.request_id)
             self._finished_req_ids.add(request.request_id)
         del self.requests[request.request_id]
@@ -140,10 +159,12 @@ class Scheduler(ABC):
                            runner_output: ModelRunnerOutput) -> list[EngineCoreOutput]:
         """Advance computed tokens, append sampled tokens, finish and free stopped requests."""
         outputs: list[EngineCoreOutput] = []
+        for req_id, error in runner_output.failed_req_ids.items():
+            outputs.extend(self.fail_requests([req_id], error))
         for req_id, n in scheduler_output.num_scheduled_tokens.items():
             request = self.requests.get(req_id)
             if request is None or request.is_finished():
-                continue  # aborted while the step ran
+                continue  # aborted while the step ran, or failed in it
             request.num_computed_tokens += n
             token = runner_output.sampled_token_ids.get(req_id)
             if token is None:

@@ -55,11 +55,14 @@ class LogprobsEntry:
 class ModelRunnerOutput:
     """Sampled tokens of the requests that finished their scheduled prompt/decode tokens.
 
-    Requests in the middle of a chunked prefill sample nothing and are absent.
+    Requests in the middle of a chunked prefill sample nothing and are absent. A request
+    the runner could not take into its batch (the failure is its own) is in
+    ``failed_req_ids`` with the error; the step ran without it.
     """
 
     sampled_token_ids: dict[str, int]
     logprobs: dict[str, LogprobsEntry] = field(default_factory=dict)
+    failed_req_ids: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,6 +73,7 @@ class EngineCoreOutput:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0
+    error: str | None = None  # why, when finish_reason is "error"
 
     @property
     def finished(self) -> bool:

@@ -44,7 +44,9 @@ class InputBatch:
                             self.block_table, self.num_blocks, self.temperature, self.top_p, self.top_k,
                             self.min_p, self.presence, self.frequency, self.repetition, self.num_logprobs,
                             self.min_tokens]
-        # By request id (rows move, requests do not).
+        # By request id (rows move, requests do not). A seeded request's generator outlives
+        # its preemption, so its sampling continues where it stopped (vLLM keeps it too):
+        # the same seed gives the same text under any memory pressure.
         self.params: dict[str, SamplingParams] = {}
         self.generators: dict[str, torch.Generator] = {}
 
@@ -74,7 +76,7 @@ class InputBatch:
         self.repetition[row] = p.repetition_penalty
         self.num_logprobs[row] = -1 if p.logprobs is None else p.logprobs
         self.min_tokens[row] = p.min_tokens if p.all_stop_token_ids else 0
-        if p.seed is not None and not p.greedy:
+        if p.seed is not None and not p.greedy and req_id not in self.generators:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(p.seed)
             self.generators[req_id] = generator
@@ -85,12 +87,14 @@ class InputBatch:
         self.block_table[row, start:start + len(block_ids)] = block_ids
         self.num_blocks[row] = start + len(block_ids)
 
-    def remove_request(self, req_id: str) -> None:
+    def remove_request(self, req_id: str, preempted: bool = False) -> None:
+        """Drop the request's row; a ``preempted`` one keeps its generator for when it returns."""
+        if not preempted:
+            self.generators.pop(req_id, None)
         row = self.req_id_to_index.pop(req_id, None)
         if row is None:
             return
         self.params.pop(req_id, None)
-        self.generators.pop(req_id, None)
         last = len(self.req_ids) - 1
         moved = self.req_ids.pop()
         if row != last:

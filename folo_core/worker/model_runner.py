@@ -163,28 +163,45 @@ class ModelRunner:
 
     # -- one step ---------------------------------------------------------------
 
-    def _update_states(self, so: SchedulerOutput) -> None:
+    def _update_states(self, so: SchedulerOutput) -> dict[str, str]:
+        """Apply the decision to the batch; returns the requests that could not join it, with why.
+
+        Each request is taken in on its own, so a value that fails (say, in a third-party
+        sampler's metadata) fails that request alone and the step runs without it.
+        """
         batch = self.input_batch
-        for req_id in so.finished_req_ids | so.preempted_req_ids:
+        for req_id in so.finished_req_ids:
             batch.remove_request(req_id)
+        for req_id in so.preempted_req_ids:
+            batch.remove_request(req_id, preempted=True)
+        failed: dict[str, str] = {}
         for data in so.scheduled_new_reqs:
-            batch.remove_request(data.req_id)
-            batch.add_request(data)
+            batch.remove_request(data.req_id, preempted=True)  # a row left by a failed step
+            try:
+                batch.add_request(data)
+            except Exception as exc:
+                batch.remove_request(data.req_id)
+                failed[data.req_id] = f"cannot add the request to the batch: {type(exc).__name__}: {exc}"
         for data in so.scheduled_cached_reqs:
-            row = batch.req_id_to_index[data.req_id]
-            batch.num_computed_tokens[row] = data.num_computed_tokens
-            if data.new_block_ids:
-                batch.append_blocks(row, data.new_block_ids)
+            try:
+                row = batch.req_id_to_index[data.req_id]
+                batch.num_computed_tokens[row] = data.num_computed_tokens
+                if data.new_block_ids:
+                    batch.append_blocks(row, data.new_block_ids)
+            except Exception as exc:
+                batch.remove_request(data.req_id)
+                failed[data.req_id] = f"cannot update the request in the batch: {type(exc).__name__}: {exc}"
+        return failed
 
     @torch.inference_mode()
     def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
-        self._update_states(so)
-        if so.total_num_scheduled_tokens == 0:
-            return ModelRunnerOutput(sampled_token_ids={})
+        failed = self._update_states(so)
+        req_ids = [r for r in so.num_scheduled_tokens if r not in failed]
+        if not req_ids:
+            return ModelRunnerOutput(sampled_token_ids={}, failed_req_ids=failed)
         batch = self.input_batch
-        req_ids = list(so.num_scheduled_tokens)
         rows = np.fromiter((batch.req_id_to_index[r] for r in req_ids), dtype=np.int64, count=len(req_ids))
-        num_sched = np.fromiter(so.num_scheduled_tokens.values(), dtype=np.int64, count=len(req_ids))
+        num_sched = np.fromiter((so.num_scheduled_tokens[r] for r in req_ids), dtype=np.int64, count=len(req_ids))
 
         computed = batch.num_computed_tokens[rows]
         flat = build_flat_batch(computed, num_sched, batch.block_table, rows, self.block_size, self.device)
@@ -194,11 +211,13 @@ class ModelRunner:
 
         hidden = self._run_model(self.forward, flat, input_ids)
         if not len(logits_indices):
-            return ModelRunnerOutput(sampled_token_ids={})
+            return ModelRunnerOutput(sampled_token_ids={}, failed_req_ids=failed)
         logits = self.model.compute_logits(hidden[torch.from_numpy(logits_indices).to(self.device)]).float()
         sample_rows = rows[samples]
         sampler_output = self.sampler(logits, batch.sampling_metadata(sample_rows))
-        return self._collect(sample_rows, sampler_output)
+        result = self._collect(sample_rows, sampler_output)
+        result.failed_req_ids = failed
+        return result
 
     def _run_model(self, forward, flat: FlatBatch, input_ids: np.ndarray) -> torch.Tensor:
         """One forward over the flat batch, with its attention metadata built once."""
