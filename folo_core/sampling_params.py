@@ -19,6 +19,14 @@ class RequestOutputKind(enum.Enum):
     FINAL_ONLY = 2  # nothing until the request finishes
 
 
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass
 class SamplingParams:
     """How to sample one request; ``temperature=0`` means greedy."""
@@ -103,6 +111,7 @@ class SamplingParams:
               f"seed + n - 1 must fit a 64-bit integer, got seed={self.seed} with n={self.n}.")
         check(isinstance(self.stop, (list, tuple)) and all(isinstance(s, str) and s for s in self.stop),
               "stop must be a non-empty string or a list of non-empty strings.")
+        check(all(_encodes(s) for s in self.stop), "stop strings must be valid Unicode (no lone surrogates).")
         ids = self.stop_token_ids
         check(isinstance(ids, (list, tuple))
               and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
 
-from folo_core.engine.async_llm import AsyncLLM, EngineStepError
+from folo_core.engine.async_llm import AsyncLLM, EngineDeadError, EngineStepError
 from folo_core.engine.llm import LLM
 from folo_core.engine.stats import IterationStats, StatLoggerBase
 from folo_core.outputs import RequestOutput
@@ -238,3 +239,74 @@ def test_failed_step_fails_requests_in_flight_and_the_loop_keeps_serving(tiny_ch
         asyncio.run(main())
     finally:
         llm.shutdown()
+
+
+def test_shutdown_answers_every_call_queued_around_it(tiny_chat_model_dir):
+    """Calls racing with shutdown either run or get EngineDeadError; none waits forever."""
+    llm = AsyncLLM.from_engine_args(model=str(tiny_chat_model_dir), **ENGINE_ARGS)
+    futures, errors = [], []
+
+    def hammer() -> None:
+        for _ in range(2000):
+            try:
+                futures.append(llm._post(llm.engine.get_num_unfinished_requests))
+            except EngineDeadError:
+                errors.append(1)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.01)
+    llm.shutdown()
+    for thread in threads:
+        thread.join()
+    assert errors, "no call arrived after the shutdown"
+    for future in futures:
+        try:
+            future.result(timeout=5)  # a lost call raises TimeoutError here
+        except EngineDeadError:
+            pass
+
+
+def test_generate_after_shutdown_raises_engine_dead(tiny_chat_model_dir):
+    llm = AsyncLLM.from_engine_args(model=str(tiny_chat_model_dir), **ENGINE_ARGS)
+    llm.shutdown()
+    with pytest.raises(EngineDeadError):
+        asyncio.run(collect(llm, PROMPTS[0], GREEDY, "late"))
+
+
+def test_cancelled_handler_aborts_its_request(async_llm):
+    """A server handler cancelled while it waits for a whole response (timeout, shutdown)
+    must not leave its request running to max_tokens."""
+    from folo_core.entrypoints.openai.protocol import CompletionRequest
+    from folo_core.entrypoints.openai.serving_completion import OpenAIServingCompletion
+
+    serving = OpenAIServingCompletion(async_llm, "m")
+
+    class NeverDisconnects:
+        async def receive(self):
+            await asyncio.Event().wait()
+
+    async def main():
+        request = CompletionRequest(prompt="Once upon a time", max_tokens=900, ignore_eos=True)
+        handler = asyncio.ensure_future(serving.create(request, NeverDisconnects()))
+        deadline = time.monotonic() + 20
+        while (await async_llm.get_stats()).num_running == 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        handler.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await handler
+        stats = await wait_until_idle(async_llm, timeout=5)  # well before 900 tokens
+        assert stats.kv_cache_usage == 0.0
+
+    asyncio.run(main())
+
+
+def test_offline_chat_takes_content_parts(offline_llm):
+    parts = [{"role": "user", "content": [{"type": "text", "text": "The capital"}, {"type": "text", "text": "of"}]}]
+    plain = [{"role": "user", "content": "The capital\nof"}]
+    got = offline_llm.chat(parts, GREEDY, use_tqdm=False)[0]
+    assert got.prompt_token_ids == offline_llm.chat(plain, GREEDY, use_tqdm=False)[0].prompt_token_ids
+    with pytest.raises(ValueError, match="message content must be a string or a list of"):
+        offline_llm.chat([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}], GREEDY)

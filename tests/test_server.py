@@ -32,6 +32,13 @@ def _free_port() -> int:
 
 @contextmanager
 def running_server(model_dir: Path, log_path: Path, *flags: str) -> Iterator[str]:
+    with server_process(model_dir, log_path, *flags) as (_, base_url):
+        yield base_url
+
+
+@contextmanager
+def server_process(model_dir: Path, log_path: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``folo serve`` on a free port, healthy; yields the process and its base URL."""
     port = _free_port()
     cmd = [sys.executable, "-m", "folo_core.entrypoints.cli", "serve", "--model", str(model_dir),
            "--port", str(port), "--served-model-name", MODEL, "--uvicorn-log-level", "warning", *ENGINE_FLAGS, *flags]
@@ -50,7 +57,7 @@ def running_server(model_dir: Path, log_path: Path, *flags: str) -> Iterator[str
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        yield base_url
+        yield proc, base_url
     finally:
         proc.terminate()
         try:

@@ -2,7 +2,9 @@
 
 ``LLMEngine`` is not thread-safe, so every engine call (add, abort, step, stats)
 runs on the engine thread: callers post commands to a queue (and await a future
-for the result), and the thread runs them between steps. Each step's outputs go
+for the result), and the thread runs them between steps. Prompts are tokenized
+and checked before that, on a tokenizer thread of their own, so a long prompt
+delays neither the event loop nor anyone's next step. Each step's outputs go
 back to the asyncio queue of their request with ``call_soon_threadsafe``; results
 and outputs leave only after the stat loggers recorded the loop turn that made
 them, so a client holding its answer finds it counted in the metrics.
@@ -11,7 +13,9 @@ Requests are always streamed as DELTA outputs (each carries only new text and
 token ids; the detokenizer holds back split characters and stop-string
 prefixes). Closing or cancelling a ``generate()`` stream aborts the request, so
 its KV blocks are freed at once. A request's own errors (bad prompt, overload)
-raise in its caller; a failing step fails the requests in flight, not the loop.
+raise in its caller; a request that finishes with ``finish_reason="error"`` raises
+``EngineStepError`` in its own stream only. ``shutdown`` answers every call and
+stream still open with ``EngineDeadError``.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ import queue
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
+from folo_core.engine.errors import EngineDeadError, EngineStepError
 from folo_core.engine.llm_engine import EngineStats, LLMEngine
-from folo_core.engine.processor import PromptType
+from folo_core.engine.processor import ProcessedRequest, PromptType
 from folo_core.engine.stats import IterationStats, RequestStats, StatLoggerBase
 from folo_core.logger import init_logger
 from folo_core.outputs import RequestOutput
@@ -38,13 +43,7 @@ logger = init_logger(__name__)
 T = TypeVar("T")
 
 
-class EngineStepError(RuntimeError):
-    """An engine step failed while this request was in flight; the engine keeps serving."""
-
-
-class EngineDeadError(RuntimeError):
-    """The engine loop was shut down."""
-
+__all__ = ["AsyncLLM", "EngineDeadError", "EngineStepError"]
 
 _ABORTED = object()  # stream item: the request was aborted from outside
 _SHUTDOWN = object()  # command: leave the loop
@@ -73,6 +72,9 @@ class AsyncLLM:
         self._streams: dict[str, _RequestStream] = {}  # engine thread only
         self._iteration = IterationStats()  # engine thread only
         self._replies: list[Callable[[], None]] = []  # engine thread only: sent after the stats are recorded
+        self._tokenizer_pool = ThreadPoolExecutor(1, thread_name_prefix="folo-tokenizer")
+        self._closed = False  # set once, under the lock, with the shutdown command queued
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run_loop, name="folo-engine", daemon=True)
         self._thread.start()
 
@@ -100,7 +102,8 @@ class AsyncLLM:
         params.output_kind = RequestOutputKind.DELTA
         arrival_time = time.time()
         stream = _RequestStream(arrival_time)
-        added = self._post(self._add_request, request_id, prompt, params, arrival_time, priority, stream)
+        processed = await self.run_on_tokenizer_thread(self.engine.processor.process, prompt, params)
+        added = self._post(self._add_request, request_id, processed, arrival_time, priority, stream)
         try:
             await asyncio.wrap_future(added)
         except asyncio.CancelledError:
@@ -120,6 +123,14 @@ class AsyncLLM:
             if not finished:  # closed early or cancelled: the client is gone
                 self._abort_soon(request_id, stream)
 
+    async def run_on_tokenizer_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the tokenizer thread: rendering and tokenizing, off the event loop."""
+        try:
+            future = self._tokenizer_pool.submit(fn, *args)
+        except RuntimeError:  # the pool was shut down
+            raise EngineDeadError("the engine was shut down") from None
+        return await asyncio.wrap_future(future)
+
     def abort(self, request_id: str) -> None:
         """Stop a request and free its KV blocks; its ``generate()`` stream ends."""
         self._abort_soon(request_id, None)
@@ -128,21 +139,29 @@ class AsyncLLM:
         stats = await asyncio.wrap_future(self._post(self.engine.get_stats))
         return dataclasses.replace(stats, prefix_cache=dataclasses.replace(stats.prefix_cache))
 
-    def shutdown(self, timeout: float = 10.0) -> None:
-        if self._thread.is_alive():
-            self._commands.put(_SHUTDOWN)
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        """Stop the loop after its current step; every open stream and queued call gets
+        ``EngineDeadError``. ``timeout=0`` returns at once (e.g. from a signal handler)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._commands.put(_SHUTDOWN)
+        self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+        if timeout != 0:
             self._thread.join(timeout)
 
     def _abort_soon(self, request_id: str, stream: _RequestStream | None) -> None:
-        """Queue an abort without waiting (safe in ``finally``); a dead loop holds nothing to free."""
-        if self._thread.is_alive():
-            self._commands.put((self._abort, (request_id, stream), Future()))
+        """Queue an abort without waiting (safe in ``finally``); a closed loop frees everything itself."""
+        with self._lock:
+            if not self._closed:
+                self._commands.put((self._abort, (request_id, stream), Future()))
 
     def _post(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        if not self._thread.is_alive():
-            raise EngineDeadError("the engine loop is not running")
         future: Future[T] = Future()
-        self._commands.put((fn, args, future))
+        with self._lock:  # nothing can queue behind the shutdown command
+            if self._closed or not self._thread.is_alive():
+                raise EngineDeadError("the engine loop is not running")
+            self._commands.put((fn, args, future))
         return future
 
     # ----- engine thread -----
@@ -164,6 +183,13 @@ class AsyncLLM:
         for stream in self._streams.values():
             stream.put(error)
         self._streams.clear()
+        while True:  # calls queued before the shutdown command but not yet run
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if command is not _SHUTDOWN and command[2].set_running_or_notify_cancel():
+                command[2].set_exception(error)
 
     def _run_commands(self, block: bool) -> bool:
         """Run the queued commands (waiting for one if ``block``); False on shutdown."""
@@ -193,9 +219,9 @@ class AsyncLLM:
         for reply in replies:
             reply()
 
-    def _add_request(self, request_id: str, prompt: PromptType, params: SamplingParams, arrival_time: float,
-                     priority: int, stream: _RequestStream) -> None:
-        self.engine.add_request(request_id, prompt, params, arrival_time, priority)
+    def _add_request(self, request_id: str, request: ProcessedRequest, arrival_time: float, priority: int,
+                     stream: _RequestStream) -> None:
+        self.engine.add_processed_request(request_id, request, arrival_time, priority)
         self._streams[request_id] = stream
 
     def _abort(self, request_id: str, stream: _RequestStream | None) -> None:
@@ -219,10 +245,21 @@ class AsyncLLM:
             stream = self._streams.get(output.request_id)
             if stream is None:
                 continue
+            error = next((c.error for c in output.outputs if c.finish_reason == "error"), None)
+            if error is not None:
+                self._fail_request(output.request_id, stream, error, now)
+                continue
             self._iteration.update_from_output(output, stream.stats, now)
             if output.finished:
                 del self._streams[output.request_id]
             self._reply(stream, output)
+
+    def _fail_request(self, request_id: str, stream: _RequestStream, error: str, now: float) -> None:
+        """One request finished with an error: it alone raises (with ``n > 1`` its siblings stop too)."""
+        self.engine.abort_request(request_id)
+        del self._streams[request_id]
+        self._iteration.finish(stream.stats, "error", now)
+        self._reply(stream, EngineStepError(error))
 
     def _fail_in_flight(self, exc: Exception) -> None:
         request_ids = list(self._streams)

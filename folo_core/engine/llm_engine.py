@@ -9,7 +9,7 @@ from typing import Any
 from folo_core.config import EngineConfig, resolve_engine_config
 from folo_core.engine.core import EngineCore
 from folo_core.engine.output_processor import OutputProcessor, ParentRequest
-from folo_core.engine.processor import Processor, PromptType
+from folo_core.engine.processor import ProcessedRequest, Processor, PromptType
 from folo_core.hf_utils import eos_token_ids, load_hf_config, load_tokenizer
 from folo_core.kv_cache.interface import PrefixCacheStats
 from folo_core.outputs import RequestOutput
@@ -57,12 +57,17 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
                     arrival_time: float | None = None, priority: int = 0) -> None:
         """Validate and queue a request; errors are raised here and leave the engine untouched."""
-        params = params or SamplingParams()
-        text, prompt_ids, params = self.processor.process(prompt, params)
+        self.add_processed_request(request_id, self.processor.process(prompt, params or SamplingParams()),
+                                   arrival_time, priority)
+
+    def add_processed_request(self, request_id: str, request: ProcessedRequest, arrival_time: float | None = None,
+                              priority: int = 0) -> None:
+        """Queue a request ``processor.process`` made (``AsyncLLM`` tokenizes off the engine thread)."""
+        text, prompt_ids, params, cache_salt = (request.prompt, request.prompt_token_ids, request.params,
+                                                request.cache_salt)
         if request_id in self.output_processor.states or request_id in self.output_processor.parents:
             raise ValueError(f"request id {request_id!r} is already in use")
         arrival_time = time.time() if arrival_time is None else arrival_time
-        cache_salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
         parent = ParentRequest(request_id, params) if params.n > 1 else None
         children = ([(child_id, parent.child_params(i)) for i, child_id in enumerate(parent.child_ids)]
                     if parent else [(request_id, params)])

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Union
 
+from folo_core.engine.chat_utils import check_unicode
 from folo_core.sampling_params import SamplingParams
 
 PromptType = Union[str, Mapping[str, Any]]
 """A string, ``{"prompt": str}`` or ``{"prompt_token_ids": [int, ...]}`` (vLLM's forms);
 either mapping may add ``"cache_salt"``."""
+
+
+@dataclass
+class ProcessedRequest:
+    """A request ready for the engine: tokenized, checked, with its own copy of the params."""
+
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    cache_salt: str | None = None
 
 
 def max_prompt_chars(tokenizer: Any, max_model_len: int) -> int:
@@ -61,9 +73,11 @@ class Processor:
         if self.tokenizer is None:
             raise ValueError("text prompts need a tokenizer (skip_tokenizer_init=True: pass prompt_token_ids)")
         self.check_prompt_chars(text)
+        check_unicode(text, "prompt")
         return text, self.tokenizer.encode(text)
 
-    def process(self, prompt: PromptType, params: SamplingParams) -> tuple[str | None, list[int], SamplingParams]:
+    def process(self, prompt: PromptType, params: SamplingParams) -> ProcessedRequest:
+        """Tokenize and check; pure (no engine state), so it may run on any thread."""
         text, ids = self.tokenize(prompt)
         if not ids:
             raise ValueError("The decoder prompt cannot be empty")
@@ -75,7 +89,8 @@ class Processor:
                 f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of "
                 f"{self.max_model_len}. Make sure that `max_model_len` is no smaller than the number of "
                 "text tokens.")
-        return text, ids, self.process_params(params)
+        cache_salt = prompt.get("cache_salt") if isinstance(prompt, Mapping) else None
+        return ProcessedRequest(text, ids, self.process_params(params), cache_salt)
 
     def process_params(self, params: SamplingParams) -> SamplingParams:
         """A copy of ``params`` checked against the model: vocabulary, log-prob limit, length."""

@@ -12,6 +12,7 @@ from folo_core.models import CheckpointError
 from folo_core.registry import PluginSelectionError
 
 USER_ERRORS = (ConfigError, CheckpointError, PluginSelectionError, FileNotFoundError, ValueError)
+DEFAULT_MAX_REQUEST_BODY_BYTES = 8 << 20  # folo serve --max-request-body-bytes
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -101,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Require 'Authorization: Bearer KEY' on /v1 routes (default: $FOLO_API_KEY).")
     serve.add_argument("--served-model-name", default=None,
                        help="Model name clients must send (default: the --model value, or SmolLM2-135M-Instruct).")
+    serve.add_argument("--trust-request-chat-template", action="store_true",
+                       help="Let requests bring their own chat_template (a template is code: off by default).")
+    serve.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_REQUEST_BODY_BYTES,
+                       help="Largest request body accepted; larger ones get a 413 (default: 8 MiB).")
     serve.add_argument("--uvicorn-log-level", default="info",
                        choices=["critical", "error", "warning", "info", "debug", "trace"])
     EngineConfig.add_cli_args(serve)

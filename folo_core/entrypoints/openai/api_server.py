@@ -1,4 +1,9 @@
-"""The OpenAI-compatible HTTP server (``folo serve``): FastAPI app over one ``AsyncLLM``."""
+"""The OpenAI-compatible HTTP server (``folo serve``): FastAPI app over one ``AsyncLLM``.
+
+On SIGTERM/SIGINT the engine stops first: every open stream ends with an error
+event and ``[DONE]``, every waiting non-streamed request gets a JSON 503, and only
+then does uvicorn close the connections.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +21,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from folo_core.config import ConfigError, EngineConfig
+from folo_core.entrypoints.cli import DEFAULT_MAX_REQUEST_BODY_BYTES
 from folo_core.default_model import DEFAULT_MODEL_NAME
 from folo_core.engine.async_llm import AsyncLLM
 from folo_core.engine.llm_engine import LLMEngine
 from folo_core.entrypoints.openai.errors import (OpenAIError, from_http_status, from_validation_error,
-                                                 internal_error, unauthorized)
+                                                 internal_error, request_too_large, unauthorized)
 from folo_core.entrypoints.openai.metrics import PrometheusStatLogger
 from folo_core.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from folo_core.entrypoints.openai.serving_chat import OpenAIServingChat
@@ -49,7 +55,45 @@ class APIKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-def build_app(engine: AsyncLLM, model_name: str, metrics: PrometheusStatLogger, api_key: str | None = None) -> FastAPI:
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised while the body streams in; FastAPI passes HTTP exceptions through body parsing."""
+
+    def __init__(self) -> None:
+        super().__init__(413)
+
+
+class BodySizeLimitMiddleware:
+    """413 for a request body over ``limit`` bytes, declared (Content-Length) or streamed (chunked),
+    before the body is parsed: no client can make the server hold an unbounded body."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            await request_too_large(self.limit).response()(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise _BodyTooLarge
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def build_app(engine: AsyncLLM, model_name: str, metrics: PrometheusStatLogger, api_key: str | None = None,
+              trust_request_chat_template: bool = False,
+              max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -57,7 +101,7 @@ def build_app(engine: AsyncLLM, model_name: str, metrics: PrometheusStatLogger, 
 
     app = FastAPI(title="Folo OpenAI-compatible server", lifespan=lifespan)
     completions = OpenAIServingCompletion(engine, model_name)
-    chat = OpenAIServingChat(engine, model_name)
+    chat = OpenAIServingChat(engine, model_name, trust_request_chat_template)
     model_config = engine.engine.config.model
 
     @app.exception_handler(OpenAIError)
@@ -70,6 +114,8 @@ def build_app(engine: AsyncLLM, model_name: str, metrics: PrometheusStatLogger, 
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, _BodyTooLarge):
+            return request_too_large(max_request_body_bytes).response()
         return from_http_status(exc.status_code, str(exc.detail)).response()
 
     @app.exception_handler(Exception)
@@ -98,9 +144,22 @@ def build_app(engine: AsyncLLM, model_name: str, metrics: PrometheusStatLogger, 
     async def create_chat_completion(request: ChatCompletionRequest, raw_request: Request) -> Response:
         return await chat.create(request, raw_request)
 
+    app.add_middleware(BodySizeLimitMiddleware, limit=max_request_body_bytes)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
     return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, with the engine stopped as soon as a shutdown signal arrives (see the module doc)."""
+
+    def __init__(self, config: uvicorn.Config, engine: AsyncLLM) -> None:
+        super().__init__(config)
+        self.engine = engine
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        self.engine.shutdown(timeout=0)
+        super().handle_exit(sig, frame)
 
 
 def run_server(args: argparse.Namespace) -> int:
@@ -111,8 +170,11 @@ def run_server(args: argparse.Namespace) -> int:
         raise ConfigError("folo serve needs a tokenizer; drop --skip-tokenizer-init")
     model_name = args.served_model_name or config.model.model or DEFAULT_MODEL_NAME
     metrics = PrometheusStatLogger(model_name)
-    app = build_app(AsyncLLM(engine, [metrics]), model_name, metrics, args.api_key)
+    async_engine = AsyncLLM(engine, [metrics])
+    app = build_app(async_engine, model_name, metrics, args.api_key, args.trust_request_chat_template,
+                    args.max_request_body_bytes)
     logger.info("serving %s as %r on http://%s:%d", engine.config.model.model, model_name, args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
-                timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
+                            timeout_graceful_shutdown=5)
+    _Server(config, async_engine).run()
     return 0

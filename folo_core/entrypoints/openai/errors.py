@@ -36,6 +36,15 @@ def overloaded(message: str) -> OpenAIError:
     return OpenAIError(message, HTTPStatus.SERVICE_UNAVAILABLE, type="server_error", code="overloaded")
 
 
+def shutting_down(message: str) -> OpenAIError:
+    return OpenAIError(message, HTTPStatus.SERVICE_UNAVAILABLE, type="server_error", code="shutting_down")
+
+
+def request_too_large(limit: int) -> OpenAIError:
+    return OpenAIError(f"the request body is larger than {limit} bytes (--max-request-body-bytes)",
+                       HTTPStatus.REQUEST_ENTITY_TOO_LARGE, code="request_too_large")
+
+
 def internal_error(message: str) -> OpenAIError:
     return OpenAIError(message, HTTPStatus.INTERNAL_SERVER_ERROR, type="server_error", code="internal_error")
 

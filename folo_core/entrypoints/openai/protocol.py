@@ -34,6 +34,32 @@ class _RequestModel(OpenAIBaseModel):
                 logger.warning("ignoring unknown request field(s) of %s: %s", cls.__name__, ", ".join(unknown))
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        """JSON may escape a lone surrogate (``"\\ud800"``); no tokenizer or response can take one."""
+        path = _lone_surrogate(data, [])
+        if path is not None:
+            raise ValueError(f"{'.'.join(path) or 'the body'} contains a lone surrogate (invalid Unicode)")
+        return data
+
+
+def _lone_surrogate(value: Any, path: list[str]) -> list[str] | None:
+    """The path to the first string holding a lone surrogate, if any."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _lone_surrogate(key, path + [str(key)]) if isinstance(key, str) else None
+        found = found or _lone_surrogate(item, path + [str(key)])
+        if found is not None:
+            return found
+    return None
+
 
 def _unsupported(value: Any, field: str, why: str) -> None:
     if value:
@@ -211,14 +237,8 @@ class ChatMessageParam(OpenAIBaseModel):
     name: str | None = None
 
     def to_template_message(self) -> dict[str, Any]:
-        """The message as chat templates expect it: text parts joined into one string."""
-        content = self.content
-        if isinstance(content, list):
-            content = "\n".join(part.text for part in content)
-        message = {"role": self.role, "content": content or ""}
-        if self.name is not None:
-            message["name"] = self.name
-        return message
+        """The message for ``render_chat`` (which joins text parts into one string)."""
+        return self.model_dump(exclude_none=True)
 
 
 class ResponseFormat(OpenAIBaseModel):

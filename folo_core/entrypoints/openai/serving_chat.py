@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from jinja2 import TemplateError
 from pydantic import BaseModel
 
+from folo_core.engine.async_llm import AsyncLLM
 from folo_core.engine.chat_utils import render_chat
 from folo_core.engine.processor import PromptType
 from folo_core.entrypoints.openai.protocol import (ChatCompletionLogProb, ChatCompletionLogProbs,
@@ -38,12 +38,19 @@ def chat_logprobs(logprobs: SampleLogprobs, top_logprobs: int) -> ChatCompletion
 class OpenAIServingChat(OpenAIServing[ChatCompletionRequest]):
     request_id_prefix = "chatcmpl"
 
+    def __init__(self, engine: AsyncLLM, model_name: str, trust_request_chat_template: bool = False) -> None:
+        super().__init__(engine, model_name)
+        self.trust_request_chat_template = trust_request_chat_template
+
     def build_prompt(self, request: ChatCompletionRequest) -> PromptType:
-        try:
-            return render_chat(self.tokenizer, request.conversation(), request.chat_template,
-                               request.add_generation_prompt, request.chat_template_kwargs)
-        except TemplateError as exc:  # e.g. the template's raise_exception("roles must alternate")
-            raise ValueError(f"cannot apply the chat template to messages: {exc}") from None
+        """Render and tokenize (on the tokenizer thread); a request's own template runs only if
+        the server trusts them: a template is code, and can loop or allocate without bound."""
+        if request.chat_template is not None and not self.trust_request_chat_template:
+            raise ValueError("chat_template is passed with the request, but the server was not started with "
+                             "--trust-request-chat-template: refused the untrusted chat template")
+        return render_chat(self.tokenizer, request.conversation(), request.chat_template,
+                           request.add_generation_prompt, request.chat_template_kwargs,
+                           self.engine.engine.processor.max_prompt_chars)
 
     def _logprobs(self, request: ChatCompletionRequest, logprobs: SampleLogprobs) -> ChatCompletionLogProbs | None:
         return chat_logprobs(logprobs, request.top_logprobs or 0) if request.logprobs else None

@@ -1,8 +1,9 @@
 """What completions and chat share: model check, engine stream, SSE framing, usage, disconnects.
 
-A handler turns its request into a prompt and ``SamplingParams``, starts the
-request and waits for its first output, so that errors of ``add_request`` (bad
-prompt 400, overload 503) still become proper HTTP errors. After that the
+A handler turns its request into a prompt and ``SamplingParams`` (rendering runs
+on the engine's tokenizer thread, never on the event loop), starts the request
+and waits for its first output, so that errors of ``add_request`` (bad prompt
+400, overload 503, shutting down 503) still become proper HTTP errors. After that the
 response is either an SSE stream of chunks or, once the request finishes, one
 JSON body. A client that goes away (stream closed, or disconnect while waiting
 for a whole response) aborts its request, which frees its KV blocks.
@@ -22,9 +23,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
-from folo_core.engine.async_llm import AsyncLLM, EngineStepError
+from folo_core.engine.async_llm import AsyncLLM
+from folo_core.engine.errors import EngineDeadError, EngineStepError
 from folo_core.engine.processor import PromptType
-from folo_core.entrypoints.openai.errors import bad_request, internal_error, model_not_found, overloaded
+from folo_core.entrypoints.openai.errors import (OpenAIError, bad_request, internal_error, model_not_found,
+                                                 overloaded, shutting_down)
 from folo_core.entrypoints.openai.protocol import ErrorResponse, SamplingRequest, UsageInfo
 from folo_core.logger import init_logger
 from folo_core.outputs import CompletionOutput, RequestOutput, SampleLogprobs
@@ -100,10 +103,12 @@ class OpenAIServing(ABC, Generic[RequestT]):
         if request.model is not None and request.model != self.model_name:
             raise model_not_found(request.model)
         try:
-            prompt = self.build_prompt(request)
             params = request.to_sampling_params()
+            prompt = await self.engine.run_on_tokenizer_thread(self.build_prompt, request)
         except ValueError as exc:
             raise bad_request(str(exc)) from None
+        except EngineDeadError as exc:
+            raise shutting_down(str(exc)) from None
         state = RequestState(f"{self.request_id_prefix}-{uuid.uuid4().hex}", self.model_name, params.n)
         outputs = self.engine.generate(prompt, params, state.request_id)
         try:
@@ -124,16 +129,16 @@ class OpenAIServing(ABC, Generic[RequestT]):
             raise bad_request(str(exc)) from None
         except OverflowError as exc:  # max_waiting_requests reached
             raise overloaded(str(exc)) from None
-        except EngineStepError as exc:
-            raise internal_error(str(exc)) from None
+        except (EngineStepError, EngineDeadError) as exc:
+            raise _engine_error(exc) from None
 
     async def _collect(self, state: RequestState, outputs: AsyncGenerator[RequestOutput, None]) -> None:
         state.add(await self._first_output(outputs))
         try:
             async for output in outputs:
                 state.add(output)
-        except EngineStepError as exc:
-            raise internal_error(str(exc)) from None
+        except (EngineStepError, EngineDeadError) as exc:
+            raise _engine_error(exc) from None
 
     async def _stream(self, request: RequestT, state: RequestState, first: RequestOutput,
                       outputs: AsyncGenerator[RequestOutput, None]) -> AsyncIterator[str]:
@@ -146,9 +151,9 @@ class OpenAIServing(ABC, Generic[RequestT]):
             if request.include_usage:
                 yield sse(self.usage_chunk(state))
         except Exception as exc:  # the 200 status is sent: report the error inside the stream
-            if not isinstance(exc, EngineStepError):  # the engine logged its own failure
+            if not isinstance(exc, (EngineStepError, EngineDeadError)):  # the engine logged its own
                 logger.exception("streaming %s failed", state.request_id)
-            yield sse(ErrorResponse(error=internal_error(str(exc)).info))
+            yield sse(ErrorResponse(error=_engine_error(exc).info))
         finally:
             await outputs.aclose()  # aborts the request if it is still running
         yield sse("[DONE]")
@@ -157,16 +162,25 @@ class OpenAIServing(ABC, Generic[RequestT]):
         return [sse(chunk) for delta in state.add(output) for chunk in self.stream_chunks(request, state, delta)]
 
 
+def _engine_error(exc: Exception) -> OpenAIError:
+    """A request the engine could not finish: shutting down (503) or a failed step (500)."""
+    return shutting_down(str(exc)) if isinstance(exc, EngineDeadError) else internal_error(str(exc))
+
+
 class _ClientGone(Exception):
     pass
 
 
 async def _cancel_on_disconnect(work: Coroutine[Any, Any, T], raw_request: Request) -> T:
-    """Await ``work``, cancelling it (which aborts its request) if the client disconnects first."""
+    """Await ``work``, cancelling it (which aborts its request) if the client disconnects first,
+    or if this handler itself is cancelled (a server timeout, shutdown)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_wait_for_disconnect(raw_request))
     try:
         done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
     finally:
         watcher.cancel()
     if task in done:
