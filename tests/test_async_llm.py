@@ -246,17 +246,20 @@ def test_shutdown_answers_every_call_queued_around_it(tiny_chat_model_dir):
     llm = AsyncLLM.from_engine_args(model=str(tiny_chat_model_dir), **ENGINE_ARGS)
     futures, errors = [], []
 
-    def hammer() -> None:
-        for _ in range(2000):
+    def hammer() -> None:  # posts until the loop is closed (or 10 s)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
             try:
                 futures.append(llm._post(llm.engine.get_num_unfinished_requests))
             except EngineDeadError:
                 errors.append(1)
+                return
+            time.sleep(0.0005)
 
     threads = [threading.Thread(target=hammer) for _ in range(3)]
     for thread in threads:
         thread.start()
-    time.sleep(0.01)
+    time.sleep(0.05)
     llm.shutdown()
     for thread in threads:
         thread.join()

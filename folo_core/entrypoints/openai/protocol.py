@@ -113,7 +113,7 @@ class SamplingRequest(_RequestModel):
     model: str | None = None  # None: the served model
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    n: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=128)  # OpenAI's limit; each choice is a request
     stop: str | list[str] | None = None
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
