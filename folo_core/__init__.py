@@ -7,7 +7,7 @@ from folo_core.config import EngineConfig
 from folo_core.engine.llm import LLM
 from folo_core.engine.llm_engine import LLMEngine
 from folo_core.outputs import CompletionOutput, Logprob, RequestOutput
-from folo_core.sampling_params import RequestOutputKind, SamplingParams
+from folo_core.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
 __version__ = "0.1.0"
 
@@ -16,6 +16,7 @@ __all__ = [
     "LLMEngine",
     "EngineConfig",
     "SamplingParams",
+    "StructuredOutputsParams",
     "RequestOutputKind",
     "RequestOutput",
     "CompletionOutput",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args, get_origin
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from folo_core.logger import init_logger
 from folo_core.platform import resolve_auto_dtype
@@ -57,6 +57,9 @@ class ModelConfig(_Section):
     quantization: str | None = Field(None, description="Quantization method (default: from the checkpoint's quantization_config).")
     attention_backend: str = Field("auto", description="Attention backend plugin name.")
     sampler: str = Field("auto", description="Sampler plugin name.")
+    structured_outputs_backend: str = Field(
+        "auto", description="Structured-output backend plugin name (guidance, alias llguidance; xgrammar); "
+                            "auto = per request, the first installed one that supports it.")
     enforce_eager: bool = Field(
         default_factory=lambda: os.environ.get("FOLO_ENFORCE_EAGER", "0") == "1",
         description="Run the model eagerly: no torch.compile of the forward or of attention kernels "
@@ -65,6 +68,11 @@ class ModelConfig(_Section):
     trust_remote_code: bool = Field(False, description="Accepted for vLLM compatibility; Folo never runs code from a checkpoint.")
 
     _hf_config: Any = PrivateAttr(None)
+
+    @field_validator("structured_outputs_backend")
+    @classmethod
+    def _backend_alias(cls, name: str) -> str:
+        return "guidance" if name == "llguidance" else name  # the library's name for vLLM's "guidance"
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -44,6 +44,11 @@ def register_quantizers(register: Register) -> None:
 
 
 @hookspec
+def register_structured_output_backends(register: Register) -> None:
+    """Register ``StructuredOutputBackend`` subclasses by name."""
+
+
+@hookspec
 def register_models(register: Register) -> None:
     """Register model loaders by HF architecture name (``config.json`` ``architectures``)."""
 
@@ -55,6 +60,7 @@ HOOK_KINDS: dict[str, str] = {
     "sampler": "register_samplers",
     "quantizer": "register_quantizers",
     "model": "register_models",
+    "structured_output_backend": "register_structured_output_backends",
 }
 """Registry kind -> hook name. One registry is built per kind."""
 

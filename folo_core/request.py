@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import enum
 import time
+from typing import TYPE_CHECKING
 
 from folo_core.sampling_params import SamplingParams
 
+if TYPE_CHECKING:
+    from folo_core.structured_output.manager import StructuredOutputRequest
+
 
 class RequestStatus(enum.IntEnum):
+    WAITING_FOR_FSM = enum.auto()  # its structured-output grammar is still compiling
     WAITING = enum.auto()
     RUNNING = enum.auto()
     PREEMPTED = enum.auto()
@@ -66,6 +71,7 @@ class Request:
         self.num_computed_tokens = 0
         self.num_cached_tokens = -1  # prefix-cache hit on first schedule; -1 until known
         self.num_preemptions = 0
+        self.structured_output_request: StructuredOutputRequest | None = None
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -28,6 +28,49 @@ def _encodes(text: str) -> bool:
 
 
 @dataclass
+class StructuredOutputsParams:
+    """Constrain a request's output (vLLM >= 0.12's names): exactly one of the fields.
+
+    ``json`` is a JSON schema (dict or string), ``regex`` a regular expression,
+    ``choice`` a list of strings, ``grammar`` a Lark grammar (or GBNF), and
+    ``json_object=True`` any JSON object.
+    """
+
+    json: str | dict | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    disable_any_whitespace: bool = False  # JSON without optional whitespace (vLLM's option)
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("json", "regex", "choice", "grammar", "json_object")
+                 if getattr(self, name) not in (None, False)]
+        if len(given) != 1:
+            raise ValueError("structured_outputs takes exactly one of json, regex, choice, grammar, json_object; "
+                             f"got {', '.join(given) or 'none'}")
+        if self.choice is not None and (not isinstance(self.choice, list) or not self.choice
+                                        or not all(isinstance(c, str) for c in self.choice)):
+            raise ValueError("structured_outputs.choice must be a non-empty list of strings")
+        for name in ("regex", "grammar"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value):
+                raise ValueError(f"structured_outputs.{name} must be a non-empty string")
+        if self.json is not None and not isinstance(self.json, (str, dict)):
+            raise ValueError("structured_outputs.json must be a JSON schema (an object or a string)")
+
+    @property
+    def kind(self) -> str:
+        """Which constraint: ``json``, ``regex``, ``choice``, ``grammar`` or ``json_object``."""
+        return next(name for name in ("json", "regex", "choice", "grammar", "json_object")
+                    if getattr(self, name) not in (None, False))
+
+    @property
+    def spec(self) -> object:
+        return getattr(self, self.kind)
+
+
+@dataclass
 class SamplingParams:
     """How to sample one request; ``temperature=0`` means greedy."""
 
@@ -49,6 +92,7 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    structured_outputs: StructuredOutputsParams | None = None
     # Filled by the engine: the model's EOS ids, honoured unless ``ignore_eos``.
     _eos_token_ids: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
 
@@ -112,6 +156,8 @@ class SamplingParams:
         check(isinstance(self.stop, (list, tuple)) and all(isinstance(s, str) and s for s in self.stop),
               "stop must be a non-empty string or a list of non-empty strings.")
         check(all(_encodes(s) for s in self.stop), "stop strings must be valid Unicode (no lone surrogates).")
+        check(self.structured_outputs is None or isinstance(self.structured_outputs, StructuredOutputsParams),
+              "structured_outputs must be StructuredOutputsParams.")
         ids = self.stop_token_ids
         check(isinstance(ids, (list, tuple))
               and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids),

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,12 @@ from folo_core.registry import PluginSelectionError, Registry, SelectionContext
 from folo_core.request import Request, RequestStatus
 from folo_core.sampling_params import SamplingParams
 from folo_core.sched.output import EngineCoreOutput
+from folo_core.structured_output.manager import StructuredOutputManager
 from folo_core.worker.model_runner import ModelRunner
 
 logger = init_logger(__name__)
+
+_GRAMMAR_POLL_S = 0.01
 
 
 def model_geometry(hf_config: Any) -> tuple[int, int, int]:
@@ -95,7 +99,7 @@ class SelectedPlugins:
 
 
 class EngineCore:
-    def __init__(self, config: EngineConfig, plugins: FoloPluginManager) -> None:
+    def __init__(self, config: EngineConfig, plugins: FoloPluginManager, tokenizer: Any = None) -> None:
         self.config = config
         ctx = selection_context(config)
         arch = ctx.architecture
@@ -126,6 +130,9 @@ class EngineCore:
         self.selected = SelectedPlugins(arch, attn_entry.name, sampler_entry.name, kv_entry.name,
                                         sched_entry.name, quant_config.name if quant_config else None)
         self.enable_prefix_caching = enable_caching
+        self.structured_output_manager = StructuredOutputManager(
+            plugins.registry("structured_output_backend"), config.model.structured_outputs_backend, ctx, tokenizer,
+            config.model.hf_config.vocab_size)
         logger.info("plugins: %s; prefix caching %s", self.selected, "on" if enable_caching else "off")
 
     @property
@@ -150,8 +157,11 @@ class EngineCore:
         max_tokens = max(1, limit - n)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
-        self.scheduler.add_request(Request(request_id, prompt_token_ids, params, max_tokens, arrival_time,
-                                           priority, cache_salt))
+        request = Request(request_id, prompt_token_ids, params, max_tokens, arrival_time, priority, cache_salt)
+        if params.structured_outputs is not None:
+            request.structured_output_request = self.structured_output_manager.grammar_init(
+                params.structured_outputs)
+        self.scheduler.add_request(request)
 
     def abort_requests(self, request_ids: list[str]) -> None:
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
@@ -163,13 +173,27 @@ class EngineCore:
         scheduler, KV manager and runner still agree on each one's blocks."""
         if not self.scheduler.has_unfinished_requests():
             return []
+        outputs = self._wait_for_grammars()
         scheduler_output = self.scheduler.schedule()
+        grammars = self.scheduler.structured_output_grammars(scheduler_output)
+        if grammars:
+            scheduler_output.structured_output_request_ids, scheduler_output.grammar_bitmask = \
+                self.structured_output_manager.grammar_bitmask(grammars)
         try:
             runner_output = self.model_runner.execute_model(scheduler_output)
         except Exception as exc:
             logger.error("engine step failed (%s: %s); failing the %d request(s) it ran", type(exc).__name__,
                          exc, len(scheduler_output.num_scheduled_tokens), exc_info=exc)
             self.scheduler.resend_dropped(scheduler_output)
-            return self.scheduler.fail_requests(scheduler_output.num_scheduled_tokens,
-                                                f"engine step failed: {type(exc).__name__}: {exc}")
-        return self.scheduler.update_from_output(scheduler_output, runner_output)
+            return outputs + self.scheduler.fail_requests(scheduler_output.num_scheduled_tokens,
+                                                          f"engine step failed: {type(exc).__name__}: {exc}")
+        return outputs + self.scheduler.update_from_output(scheduler_output, runner_output)
+
+    def _wait_for_grammars(self) -> list[EngineCoreOutput]:
+        """Admit requests whose grammar compiled. If nothing else can run, wait a little for
+        one, rather than spin: no running request is ever delayed by a compiling grammar."""
+        scheduler = self.scheduler
+        if scheduler.waiting_for_fsm and not (scheduler.waiting or scheduler.running):
+            futures.wait([r.structured_output_request.future for r in scheduler.waiting_for_fsm],
+                         timeout=_GRAMMAR_POLL_S, return_when=futures.FIRST_COMPLETED)
+        return scheduler.promote_ready_grammars() if scheduler.waiting_for_fsm else []

@@ -41,10 +41,10 @@ class LLMEngine:
         self.config = resolve_engine_config(config.model_copy(update={"model": model_config}), hf_config)
         self.tokenizer = (None if self.config.model.skip_tokenizer_init
                           else load_tokenizer(self.config.model.tokenizer or model_path))
-        self.engine_core = EngineCore(self.config, plugins)
+        self.engine_core = EngineCore(self.config, plugins, self.tokenizer)
         self.processor = Processor(self.tokenizer, self.config.model.max_model_len, hf_config.vocab_size,
                                    eos_token_ids(hf_config, self.tokenizer, model_path),
-                                   self.config.model.max_logprobs)
+                                   self.config.model.max_logprobs, self.engine_core.structured_output_manager)
         self.output_processor = OutputProcessor(self.tokenizer)
 
     @classmethod

@@ -145,7 +145,11 @@ class OutputProcessor:
                 self._add_logprobs(state, out.new_logprobs)
             state.finish_reason, state.stop_reason, state.error = out.finish_reason, out.stop_reason, out.error
             if state.detokenizer is not None:
-                stop_terminated = out.finish_reason == "stop" and not isinstance(out.stop_reason, str)
+                # Ended by a stop token (EOS, stop_token_ids), whose text is left out; a grammar
+                # that completes ends on a content token.
+                stop_terminated = (out.finish_reason == "stop" and not isinstance(out.stop_reason, str)
+                                   and bool(out.new_token_ids)
+                                   and out.new_token_ids[-1] in state.params.all_stop_token_ids)
                 stop_string = state.detokenizer.update(out.new_token_ids, stop_terminated)
                 if stop_string is not None:
                     if not out.finished:

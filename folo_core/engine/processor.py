@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from folo_core.engine.chat_utils import check_unicode
 from folo_core.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from folo_core.structured_output.manager import StructuredOutputManager
 
 PromptType = Union[str, Mapping[str, Any]]
 """A string, ``{"prompt": str}`` or ``{"prompt_token_ids": [int, ...]}`` (vLLM's forms);
@@ -42,12 +45,13 @@ class Processor:
     fail an engine step (and with it every other request in flight)."""
 
     def __init__(self, tokenizer, max_model_len: int, vocab_size: int, eos_token_ids: frozenset[int],
-                 max_logprobs: int = 20) -> None:
+                 max_logprobs: int = 20, structured_output_manager: "StructuredOutputManager | None" = None) -> None:
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.vocab_size = vocab_size
         self.eos_token_ids = eos_token_ids
         self.max_logprobs = vocab_size if max_logprobs == -1 else max_logprobs
+        self.structured_output_manager = structured_output_manager
         self.max_prompt_chars = max_prompt_chars(tokenizer, max_model_len) if tokenizer is not None else None
 
     def check_prompt_chars(self, text: str, what: str = "prompt") -> None:
@@ -104,6 +108,10 @@ class Processor:
                              f"{self.max_logprobs}")
         params = params.clone()
         params._verify_args()  # a caller may have changed fields since construction
+        if params.structured_outputs is not None:
+            if self.structured_output_manager is None:
+                raise ValueError("this engine has no structured output support")
+            self.structured_output_manager.validate(params)  # a broken schema fails here, not in a step
         params._eos_token_ids = self.eos_token_ids
         if params.top_k >= self.vocab_size:  # keeps the whole vocabulary: the same as no top-k
             params.top_k = 0

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from typing import Any
 
 from folo_core.config import CacheConfig, SchedulerConfig
 from folo_core.kv_cache.interface import KVCacheManager
+from folo_core.logger import init_logger
 from folo_core.request import Request, RequestStatus
 from folo_core.sched.output import (
     CachedRequestData,
@@ -19,6 +21,8 @@ from folo_core.sched.output import (
     NewRequestData,
     SchedulerOutput,
 )
+
+logger = init_logger(__name__)
 
 
 def check_stop(request: Request, new_token_id: int) -> bool:
@@ -35,6 +39,18 @@ def check_stop(request: Request, new_token_id: int) -> bool:
     return False
 
 
+def advance_grammar(request: Request, token_id: int) -> bool:
+    """Feed the sampled token to the request's grammar; a completed grammar ends it ("stop")."""
+    grammar = request.structured_output_request.grammar
+    accepted = grammar.accept_tokens([token_id])
+    if not accepted:  # the mask allowed it, so the backend disagrees with itself
+        logger.warning("request %s: the grammar refused sampled token %d; ending it", request.request_id, token_id)
+    if not accepted or grammar.is_terminated():
+        request.status = RequestStatus.FINISHED_STOPPED
+        return True
+    return False
+
+
 class Scheduler(ABC):
     """Decides each step which requests run and how many tokens each gets."""
 
@@ -46,6 +62,8 @@ class Scheduler(ABC):
         self.requests: dict[str, Request] = {}
         self.waiting: list[Request] = []
         self.running: list[Request] = []
+        # Structured-output requests whose grammar still compiles: no policy sees them yet.
+        self.waiting_for_fsm: list[Request] = []
         # Requests the runner holds state for (scheduled since their last (re)start).
         self._runner_known: set[str] = set()
         self._finished_req_ids: set[str] = set()
@@ -63,7 +81,33 @@ class Scheduler(ABC):
 
     def add_request(self, request: Request) -> None:
         self.requests[request.request_id] = request
-        self.waiting.append(request)
+        if request.structured_output_request is not None and not request.structured_output_request.ready:
+            request.status = RequestStatus.WAITING_FOR_FSM
+            self.waiting_for_fsm.append(request)
+        else:
+            self.waiting.append(request)
+
+    def promote_ready_grammars(self) -> list[EngineCoreOutput]:
+        """Move requests whose grammar compiled to ``waiting``; fail those whose grammar did not."""
+        outputs: list[EngineCoreOutput] = []
+        for request in [r for r in self.waiting_for_fsm if r.structured_output_request.ready]:
+            self.waiting_for_fsm.remove(request)
+            request.status = RequestStatus.WAITING
+            self.waiting.append(request)
+            error = request.structured_output_request.error
+            if error is not None:
+                outputs.extend(self.fail_requests([request.request_id], error))
+        return outputs
+
+    def structured_output_grammars(self, scheduler_output: SchedulerOutput) -> dict[str, Any]:
+        """The grammars of the scheduled requests that sample this step, in schedule order."""
+        grammars = {}
+        for req_id, n in scheduler_output.num_scheduled_tokens.items():
+            request = self.requests[req_id]
+            so_request = request.structured_output_request
+            if so_request is not None and request.num_computed_tokens + n >= request.num_tokens:
+                grammars[req_id] = so_request.grammar
+        return grammars
 
     def finish_requests(self, request_ids: str | Iterable[str], status: RequestStatus) -> None:
         """Finish (e.g. abort) requests from outside; their blocks are freed at once."""
@@ -75,16 +119,18 @@ class Scheduler(ABC):
                 continue
             if request.status == RequestStatus.RUNNING:
                 self.running.remove(request)
+            elif request.status == RequestStatus.WAITING_FOR_FSM:
+                self.waiting_for_fsm.remove(request)
             else:
                 self.waiting.remove(request)
             request.status = status
             self._free_request(request)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.waiting_for_fsm)
 
     def get_num_unfinished_requests(self) -> int:
-        return len(self.waiting) + len(self.running)
+        return len(self.waiting) + len(self.running) + len(self.waiting_for_fsm)
 
     def fail_requests(self, request_ids: Iterable[str], error: str) -> list[EngineCoreOutput]:
         """Finish requests whose step failed (``finish_reason="error"``), freeing their blocks."""
@@ -171,6 +217,8 @@ class Scheduler(ABC):
                 continue  # mid-prefill: nothing sampled yet
             request.append_output_token_ids([token])
             stopped = check_stop(request, token)
+            if not stopped and request.structured_output_request is not None:
+                stopped = advance_grammar(request, token)
             logprobs = runner_output.logprobs.get(req_id)
             outputs.append(EngineCoreOutput(
                 req_id, [token], [logprobs] if logprobs else [],

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from folo_core.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -36,6 +40,9 @@ class SchedulerOutput:
     total_num_scheduled_tokens: int
     finished_req_ids: set[str] = field(default_factory=set)  # runner drops their state
     preempted_req_ids: set[str] = field(default_factory=set)  # likewise; they return as new
+    # Structured output: the bitmask row of each request that samples under a grammar now.
+    structured_output_request_ids: dict[str, int] = field(default_factory=dict)
+    grammar_bitmask: "torch.Tensor | None" = None
 
     @property
     def is_empty(self) -> bool:

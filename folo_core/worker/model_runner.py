@@ -25,6 +25,7 @@ from folo_core.models import ModelLoadContext, ModelLoader
 from folo_core.quantization import QuantizationConfig, WeightMemory, quantized_layers, weight_memory
 from folo_core.sample.interface import Sampler
 from folo_core.sched.output import LogprobsEntry, ModelRunnerOutput, SchedulerOutput
+from folo_core.structured_output.bitmask import apply_token_bitmask
 from folo_core.utils import cdiv
 from folo_core.worker.flat_batch import FlatBatch, build_flat_batch
 from folo_core.worker.input_batch import InputBatch
@@ -214,10 +215,23 @@ class ModelRunner:
             return ModelRunnerOutput(sampled_token_ids={}, failed_req_ids=failed)
         logits = self.model.compute_logits(hidden[torch.from_numpy(logits_indices).to(self.device)]).float()
         sample_rows = rows[samples]
+        if so.grammar_bitmask is not None:
+            self._apply_grammar_bitmask(logits, so, sample_rows)
         sampler_output = self.sampler(logits, batch.sampling_metadata(sample_rows))
         result = self._collect(sample_rows, sampler_output)
         result.failed_req_ids = failed
         return result
+
+    def _apply_grammar_bitmask(self, logits: torch.Tensor, so: SchedulerOutput, sample_rows: np.ndarray) -> None:
+        """Ban what each structured request's grammar does not allow, before any sampling step
+        (penalties, temperature, top-k/p) sees the logits: a banned token is never sampled."""
+        pairs = [(i, so.structured_output_request_ids[req_id])
+                 for i, req_id in enumerate(self.input_batch.req_ids[r] for r in sample_rows)
+                 if req_id in so.structured_output_request_ids]
+        if pairs:
+            logit_rows, mask_rows = zip(*pairs)
+            apply_token_bitmask(logits, so.grammar_bitmask[list(mask_rows)].to(logits.device),
+                                torch.tensor(logit_rows, device=logits.device))
 
     def _run_model(self, forward, flat: FlatBatch, input_ids: np.ndarray) -> torch.Tensor:
         """One forward over the flat batch, with its attention metadata built once."""

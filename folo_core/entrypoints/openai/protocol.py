@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from folo_core.logger import init_logger
-from folo_core.sampling_params import RequestOutputKind, SamplingParams
+from folo_core.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
 logger = init_logger(__name__)
 
@@ -107,6 +107,31 @@ class ModelList(OpenAIBaseModel):
 # ----- requests -----
 
 
+class JsonSchemaFormat(OpenAIBaseModel):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(OpenAIBaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "ResponseFormat":
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
+            raise ValueError("response_format of type json_schema needs json_schema.schema")
+        return self
+
+    def structured_outputs(self) -> StructuredOutputsParams | None:
+        if self.type == "json_object":
+            return StructuredOutputsParams(json_object=True)
+        if self.type == "json_schema":
+            return StructuredOutputsParams(json=self.json_schema.schema_)
+        return None
+
+
 class SamplingRequest(_RequestModel):
     """Fields completions and chat share; ``to_sampling_params`` maps them onto the engine's names."""
 
@@ -131,6 +156,13 @@ class SamplingRequest(_RequestModel):
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    response_format: ResponseFormat | None = None
+    structured_outputs: dict[str, Any] | None = None  # StructuredOutputsParams' fields
+    # vLLM's legacy names for the same, mapped onto structured_outputs (never ignored)
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -162,6 +194,28 @@ class SamplingRequest(_RequestModel):
     def num_logprobs(self) -> int | None:
         raise NotImplementedError
 
+    def structured_outputs_params(self) -> StructuredOutputsParams | None:
+        """The one output constraint the request asks for, whichever field names it."""
+        given: list[tuple[str, StructuredOutputsParams]] = []
+        if self.structured_outputs is not None:
+            if not isinstance(self.structured_outputs, dict):
+                raise ValueError("structured_outputs must be an object")
+            known = {"json", "regex", "choice", "grammar", "json_object", "disable_any_whitespace"}
+            unknown = sorted(set(self.structured_outputs) - known)
+            if unknown:
+                raise ValueError(f"structured_outputs: unknown field(s) {', '.join(unknown)}")
+            given.append(("structured_outputs", StructuredOutputsParams(**self.structured_outputs)))
+        for field, kind in (("guided_json", "json"), ("guided_regex", "regex"), ("guided_choice", "choice"),
+                            ("guided_grammar", "grammar")):
+            value = getattr(self, field)
+            if value is not None:
+                given.append((field, StructuredOutputsParams(**{kind: value})))
+        if self.response_format is not None and self.response_format.structured_outputs() is not None:
+            given.append(("response_format", self.response_format.structured_outputs()))
+        if len(given) > 1:
+            raise ValueError(f"set only one output constraint; got {', '.join(name for name, _ in given)}")
+        return given[0][1] if given else None
+
     def to_sampling_params(self) -> SamplingParams:
         def pick(value: Any, default: Any) -> Any:
             return default if value is None else value
@@ -185,6 +239,7 @@ class SamplingRequest(_RequestModel):
             include_stop_str_in_output=self.include_stop_str_in_output,
             skip_special_tokens=self.skip_special_tokens,
             output_kind=RequestOutputKind.DELTA,
+            structured_outputs=self.structured_outputs_params(),
         )
 
 
@@ -241,10 +296,6 @@ class ChatMessageParam(OpenAIBaseModel):
         return self.model_dump(exclude_none=True)
 
 
-class ResponseFormat(OpenAIBaseModel):
-    type: Literal["text"]  # structured output (json_object, json_schema) is not implemented
-
-
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessageParam] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)  # deprecated by OpenAI in favour of max_completion_tokens
@@ -252,7 +303,6 @@ class ChatCompletionRequest(SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     tools: list[dict[str, Any]] | None = None
-    response_format: ResponseFormat | None = None
     # vLLM extras
     add_generation_prompt: bool = True
     chat_template: str | None = None

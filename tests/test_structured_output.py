@@ -1,0 +1,138 @@
+"""Structured output with both built-in backends, against real tokenizers.
+
+The shared suite (``folo_core.testing.check_structured_outputs``: 50 random JSON
+schemas, regexes, choices, a Lark grammar, ``json_object``) runs on the real
+SmolLM2 and on a random Qwen3 with the real Qwen3 tokenizer, for each backend.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from folo_core import LLM, SamplingParams, StructuredOutputsParams
+from folo_core.engine.errors import EngineStepError
+from folo_core.request import RequestStatus
+from folo_core.testing import check_structured_outputs
+from folo_plugins.guidance.backend import GuidanceBackend
+
+BACKENDS = ["guidance", "xgrammar"]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_path) -> LLM:
+    return LLM(smollm2_path, max_model_len=1024)
+
+
+@pytest.fixture(scope="module")
+def qwen3(tiny_chat_model_dir) -> LLM:
+    return LLM(str(tiny_chat_model_dir), max_model_len=1024)
+
+
+def use_backend(llm: LLM, name: str) -> LLM:
+    llm.llm_engine.engine_core.structured_output_manager.backend_name = name
+    return llm
+
+
+def test_suite_on_smollm2(smollm2, backend):
+    check_structured_outputs(use_backend(smollm2, backend), num_schemas=50, seed=1)
+
+
+def test_suite_on_random_qwen3_with_the_real_tokenizer(qwen3, backend):
+    check_structured_outputs(use_backend(qwen3, backend), num_schemas=50, seed=2)
+
+
+def test_json_object_on_smollm2(smollm2, backend):
+    out = use_backend(smollm2, backend).chat(
+        [{"role": "user", "content": 'Answer with {"capital": <the capital of France>}.'}],
+        SamplingParams(temperature=0, max_tokens=200, structured_outputs=StructuredOutputsParams(
+            json_object=True, disable_any_whitespace=True)),
+        use_tqdm=False)[0].outputs[0]
+    assert out.finish_reason == "stop" and isinstance(json.loads(out.text), dict), out.text
+
+
+@pytest.mark.parametrize("so, needle", [
+    (StructuredOutputsParams(json={"type": "objec"}), "invalid json"),
+    (StructuredOutputsParams(json="{not json"), "invalid json"),
+    (StructuredOutputsParams(regex="[a-"), "invalid regex"),
+    (StructuredOutputsParams(grammar="start: ((("), "invalid grammar"),
+])
+def test_broken_specs_fail_at_generate_naming_the_problem(qwen3, backend, so, needle):
+    with pytest.raises(ValueError, match=needle):
+        use_backend(qwen3, backend).generate("x", SamplingParams(max_tokens=4, structured_outputs=so), use_tqdm=False)
+    assert not qwen3.llm_engine.has_unfinished_requests()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(), "exactly one of"),
+    (dict(json={}, regex="a"), "exactly one of json, regex, choice, grammar, json_object; got json, regex"),
+    (dict(choice=[]), "non-empty list of strings"),
+    (dict(regex=""), "non-empty string"),
+])
+def test_structured_outputs_params_take_exactly_one_constraint(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        StructuredOutputsParams(**kwargs)
+
+
+def test_masked_tokens_are_never_sampled_whatever_the_sampling(qwen3, backend):
+    """Penalties, temperature, top-k/p and min-p apply after the mask: still only the choices."""
+    params = [SamplingParams(temperature=t, top_k=k, top_p=p, repetition_penalty=1.5, presence_penalty=1.0, seed=i,
+                             max_tokens=16, structured_outputs=StructuredOutputsParams(choice=["yes", "no"]))
+              for i, (t, k, p) in enumerate([(2.0, 0, 1.0), (1.0, 5, 0.5), (0.0, 0, 1.0), (1.5, 50, 0.9)])]
+    outputs = use_backend(qwen3, backend).generate(["Is it?"] * len(params), params, use_tqdm=False)
+    assert all(o.outputs[0].text in ("yes", "no") and o.outputs[0].finish_reason == "stop" for o in outputs)
+
+
+def test_a_slow_grammar_does_not_delay_other_requests(qwen3, monkeypatch):
+    gate = threading.Event()
+    original = GuidanceBackend.compile_grammar
+
+    def slow_compile(self, params):
+        gate.wait(30)  # compiling takes until the test says so
+        return original(self, params)
+
+    monkeypatch.setattr(GuidanceBackend, "compile_grammar", slow_compile)
+    engine = use_backend(qwen3, "guidance").llm_engine
+    engine.add_request("slow", "x", SamplingParams(max_tokens=8, structured_outputs=StructuredOutputsParams(
+        regex="[a-z]{3}")))
+    engine.add_request("plain", "x", SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))
+    start = time.monotonic()
+    finished = {}
+    while "plain" not in finished:
+        finished.update({o.request_id: o for o in engine.step() if o.finished})
+    assert engine.engine_core.scheduler.requests["slow"].status == RequestStatus.WAITING_FOR_FSM
+    assert time.monotonic() - start < 20
+    gate.set()
+    while engine.has_unfinished_requests():
+        finished.update({o.request_id: o for o in engine.step() if o.finished})
+    assert len(finished["slow"].outputs[0].text) == 3
+
+
+def test_a_grammar_that_fails_to_compile_fails_its_request_alone(qwen3, monkeypatch):
+    def broken(self, params):
+        raise RuntimeError("compiler exploded")
+
+    monkeypatch.setattr(GuidanceBackend, "compile_grammar", broken)
+    params = [SamplingParams(max_tokens=4, structured_outputs=StructuredOutputsParams(regex="[a-z]+")),
+              SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)]
+    with pytest.raises(EngineStepError, match="1 of 2 request.*compiler exploded") as info:
+        use_backend(qwen3, "guidance").generate(["a", "b"], params, use_tqdm=False)
+    failed, ok = info.value.outputs
+    assert failed.outputs[0].finish_reason == "error"
+    assert ok.outputs[0].finish_reason == "length" and len(ok.outputs[0].token_ids) == 4
+    assert qwen3.llm_engine.get_stats().kv_cache_usage == 0.0
+
+
+def test_n_greater_than_one_gives_each_choice_its_grammar(qwen3):
+    so = StructuredOutputsParams(choice=["alpha", "beta", "gamma"])
+    out = use_backend(qwen3, "guidance").generate("x", SamplingParams(n=4, temperature=1.5, seed=3, max_tokens=8,
+                                                                       structured_outputs=so), use_tqdm=False)[0]
+    assert len(out.outputs) == 4 and all(c.text in so.choice for c in out.outputs)
