@@ -10,10 +10,15 @@ from __future__ import annotations
 import json
 import threading
 import time
+import types
 
 import pytest
 
 from folo_core import LLM, SamplingParams, StructuredOutputsParams
+from folo_core.config import EngineConfig
+from folo_core.engine.llm_engine import LLMEngine
+from folo_core.hookspecs import hookimpl
+from folo_core.plugins import FoloPluginManager, PluginInfo
 from folo_core.engine.errors import EngineStepError
 from folo_core.request import RequestStatus
 from folo_core.testing import check_structured_outputs
@@ -136,3 +141,30 @@ def test_n_greater_than_one_gives_each_choice_its_grammar(qwen3):
     out = use_backend(qwen3, "guidance").generate("x", SamplingParams(n=4, temperature=1.5, seed=3, max_tokens=8,
                                                                        structured_outputs=so), use_tqdm=False)[0]
     assert len(out.outputs) == 4 and all(c.text in so.choice for c in out.outputs)
+
+
+class _OnlyJson(GuidanceBackend):
+    @classmethod
+    def unsupported(cls, params):
+        return None if params.kind == "json" else "only JSON schemas"
+
+
+def test_auto_picks_per_request_what_supports_it(tiny_chat_model_dir):
+    """``auto`` takes the highest-priority eligible backend that supports the request's kind."""
+    module = types.ModuleType("only_json_plugin")
+
+    @hookimpl
+    def register_structured_output_backends(register):
+        register("only_json", _OnlyJson, priority=1000)
+
+    module.register_structured_output_backends = register_structured_output_backends
+    manager = FoloPluginManager()
+    manager.load_entry_points()
+    manager.register(module, PluginInfo("only_json_plugin"))
+    engine = LLMEngine(EngineConfig.from_kwargs(model=str(tiny_chat_model_dir), max_model_len=256), plugins=manager)
+    so_manager = engine.engine_core.structured_output_manager
+    assert so_manager.select_backend(StructuredOutputsParams(json={"type": "object"})) == "only_json"
+    assert so_manager.select_backend(StructuredOutputsParams(regex="a+")) == "guidance"
+    so_manager.backend_name = "only_json"
+    with pytest.raises(ValueError, match="'only_json' cannot take this request: only JSON schemas"):
+        so_manager.select_backend(StructuredOutputsParams(regex="a+"))

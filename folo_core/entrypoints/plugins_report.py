@@ -15,6 +15,8 @@ _SELECTED_BY = {
     "sampler": lambda c: c.model.sampler,
     "kv_cache_manager": lambda c: c.cache.kv_cache_manager,
     "scheduler": lambda c: c.scheduler.scheduler,
+    # ``auto`` here is per request: the pick below, or the next eligible one that supports it.
+    "structured_output_backend": lambda c: c.model.structured_outputs_backend,
 }
 
 

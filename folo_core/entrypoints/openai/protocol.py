@@ -128,8 +128,21 @@ class ResponseFormat(OpenAIBaseModel):
         if self.type == "json_object":
             return StructuredOutputsParams(json_object=True)
         if self.type == "json_schema":
-            return StructuredOutputsParams(json=self.json_schema.schema_)
+            schema = self.json_schema.schema_
+            return StructuredOutputsParams(json=_closed_objects(schema) if self.json_schema.strict else schema)
         return None
+
+
+def _closed_objects(schema: Any) -> Any:
+    """OpenAI's strict mode: an object schema without ``additionalProperties`` allows none."""
+    if isinstance(schema, list):
+        return [_closed_objects(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {key: _closed_objects(value) for key, value in schema.items()}
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        closed["additionalProperties"] = False
+    return closed
 
 
 class SamplingRequest(_RequestModel):
