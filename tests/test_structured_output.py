@@ -13,6 +13,7 @@ import time
 import types
 
 import pytest
+import torch
 
 from folo_core import LLM, SamplingParams, StructuredOutputsParams
 from folo_core.config import EngineConfig
@@ -168,3 +169,24 @@ def test_auto_picks_per_request_what_supports_it(tiny_chat_model_dir):
     so_manager.backend_name = "only_json"
     with pytest.raises(ValueError, match="'only_json' cannot take this request: only JSON schemas"):
         so_manager.select_backend(StructuredOutputsParams(regex="a+"))
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_apply_token_bitmask_matches_the_bits(compiled):
+    from folo_core.structured_output.bitmask import apply_token_bitmask
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = 100  # 4 words cover 128 tokens; a 3-word mask leaves tokens 96.. banned
+    logits = torch.randn(5, vocab, generator=gen)
+    bitmask = torch.randint(-2**31, 2**31 - 1, (2, 3), dtype=torch.int32, generator=gen)
+    rows = torch.tensor([3, 1])
+    out = logits.clone()
+    apply_token_bitmask(out, bitmask, rows, compiled=compiled)
+    for r in range(5):
+        for t in range(vocab):
+            if r in (1, 3):
+                word = int(bitmask[rows.tolist().index(r), t // 32]) if t < 96 else 0
+                allowed = bool((word >> (t % 32)) & 1)
+            else:
+                allowed = True
+            assert (out[r, t] == logits[r, t]) if allowed else out[r, t] == float("-inf"), (r, t)

@@ -230,8 +230,9 @@ class ModelRunner:
                  if req_id in so.structured_output_request_ids]
         if pairs:
             logit_rows, mask_rows = zip(*pairs)
-            apply_token_bitmask(logits, so.grammar_bitmask[list(mask_rows)].to(logits.device),
-                                torch.tensor(logit_rows, device=logits.device))
+            apply_token_bitmask(logits, so.grammar_bitmask[list(mask_rows)],
+                                torch.tensor(logit_rows, device=logits.device),
+                                compiled=not self.config.model.enforce_eager)
 
     def _run_model(self, forward, flat: FlatBatch, input_ids: np.ndarray) -> torch.Tensor:
         """One forward over the flat batch, with its attention metadata built once."""
