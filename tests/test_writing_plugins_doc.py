@@ -51,7 +51,20 @@ def use_manager(manager, monkeypatch):
 
 def test_doc_shows_a_plugin_for_every_kind_but_attention(manager, doc_plugins):
     kinds = {kind for name in doc_plugins for kind in manager.plugins[name].registered}
-    assert kinds == {"sampler", "scheduler", "kv_cache_manager", "quantizer", "model"}
+    assert kinds == {"sampler", "scheduler", "kv_cache_manager", "quantizer", "model", "structured_output_backend"}
+
+
+@pytest.mark.usefixtures("use_manager")
+def test_doc_structured_output_backend_takes_regexes_and_auto_routes_the_rest(tiny_chat_model_dir):
+    from folo_core import StructuredOutputsParams
+
+    llm = LLM(str(tiny_chat_model_dir), max_model_len=128)
+    so_manager = llm.llm_engine.engine_core.structured_output_manager
+    assert so_manager.select_backend(StructuredOutputsParams(regex="[a-z]{2}")) == "regex_only"
+    assert so_manager.select_backend(StructuredOutputsParams(choice=["x", "y"])) == "guidance"
+    out = llm.generate("x", SamplingParams(max_tokens=8, structured_outputs=StructuredOutputsParams(regex="[a-z]{2}")),
+                       use_tqdm=False)[0].outputs[0]
+    assert len(out.text) == 2 and out.text.isalpha() and out.finish_reason == "stop"
 
 
 @pytest.mark.usefixtures("use_manager")
