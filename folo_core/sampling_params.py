@@ -93,6 +93,11 @@ class SamplingParams:
     skip_special_tokens: bool = True
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     structured_outputs: StructuredOutputsParams | None = None
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit (clamped to [-100, 100])
+    allowed_token_ids: list[int] | None = None  # only these may be sampled
+    bad_words: list[str] | None = None  # never generated (each as it would be tokenized, with or without a space)
+    # Filled by the processor from ``bad_words``: the token sequences to avoid.
+    _bad_words_token_ids: list[list[int]] = field(default_factory=list, repr=False, compare=False)
     # Filled by the engine: the model's EOS ids, honoured unless ``ignore_eos``.
     _eos_token_ids: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
 
@@ -158,6 +163,18 @@ class SamplingParams:
         check(all(_encodes(s) for s in self.stop), "stop strings must be valid Unicode (no lone surrogates).")
         check(self.structured_outputs is None or isinstance(self.structured_outputs, StructuredOutputsParams),
               "structured_outputs must be StructuredOutputsParams.")
+        bias = self.logit_bias
+        check(bias is None or (isinstance(bias, dict) and all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 and isinstance(v, Real)
+            and not isinstance(v, bool) and math.isfinite(v) for t, v in bias.items())),
+            "logit_bias must map non-negative token ids to finite numbers.")
+        allowed = self.allowed_token_ids
+        check(allowed is None or (isinstance(allowed, (list, tuple)) and len(allowed) > 0 and all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in allowed)),
+            "allowed_token_ids must be a non-empty list of non-negative integers.")
+        check(self.bad_words is None or (isinstance(self.bad_words, (list, tuple))
+                                         and all(isinstance(w, str) and w and _encodes(w) for w in self.bad_words)),
+              "bad_words must be a list of non-empty strings.")
         ids = self.stop_token_ids
         check(isinstance(ids, (list, tuple))
               and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids),

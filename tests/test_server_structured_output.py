@@ -87,3 +87,18 @@ def test_broken_constraints_are_400_naming_the_problem(server, body, needle):
                           json={"model": MODEL, "messages": ASK, "max_tokens": 4, **body})
     assert response.status_code == 400, response.text
     assert needle in response.json()["error"]["message"]
+
+
+def test_logit_bias_bans_and_forces_through_the_client(client, smollm2_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
+    kwargs = dict(model=MODEL, prompt="The capital of France is", max_tokens=4, temperature=0)
+    first = tokenizer.encode(client.completions.create(**kwargs).choices[0].text, add_special_tokens=False)[0]
+    banned = client.completions.create(**kwargs, logit_bias={str(first): -100}).choices[0].text
+    assert first not in tokenizer.encode(banned, add_special_tokens=False)
+    forced_id = tokenizer.encode(" banana", add_special_tokens=False)[0]
+    forced = client.completions.create(**kwargs, logit_bias={str(forced_id): 100}).choices[0].text
+    assert tokenizer.encode(forced, add_special_tokens=False) == [forced_id] * 4
+    allowed = client.completions.create(**kwargs, extra_body={"allowed_token_ids": [forced_id]}).choices[0].text
+    assert tokenizer.encode(allowed, add_special_tokens=False) == [forced_id] * 4

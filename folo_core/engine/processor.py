@@ -40,6 +40,17 @@ def max_prompt_chars(tokenizer: Any, max_model_len: int) -> int:
     return max_model_len * longest * margin
 
 
+def bad_words_token_ids(tokenizer: Any, words: list[str]) -> list[list[int]]:
+    """Each bad word as it is tokenized at the start of text and after a space (vLLM's rule)."""
+    sequences: list[list[int]] = []
+    for word in words:
+        for text in (word, " " + word.lstrip()):
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            if ids and ids not in sequences:
+                sequences.append(ids)
+    return sequences
+
+
 class Processor:
     """Everything a request is checked against before it is queued, so that no value of it can
     fail an engine step (and with it every other request in flight)."""
@@ -100,9 +111,11 @@ class Processor:
         """A copy of ``params`` checked against the model: vocabulary, log-prob limit, length."""
         if not isinstance(params, SamplingParams):
             raise TypeError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
-        bad = [t for t in params.stop_token_ids if t >= self.vocab_size]
-        if bad:
-            raise ValueError(f"stop_token_ids entry {bad[0]} is out of vocabulary (size {self.vocab_size})")
+        for name, ids in (("stop_token_ids", params.stop_token_ids), ("allowed_token_ids", params.allowed_token_ids),
+                          ("logit_bias", params.logit_bias)):
+            bad = [t for t in ids or () if isinstance(t, int) and t >= self.vocab_size]
+            if bad:
+                raise ValueError(f"{name} entry {bad[0]} is out of vocabulary (size {self.vocab_size})")
         if params.logprobs is not None and params.logprobs > self.max_logprobs:
             raise ValueError(f"Requested sample logprobs of {params.logprobs}, which is greater than max allowed: "
                              f"{self.max_logprobs}")
@@ -113,6 +126,10 @@ class Processor:
                 raise ValueError("this engine has no structured output support")
             self.structured_output_manager.validate(params)  # a broken schema fails here, not in a step
         params._eos_token_ids = self.eos_token_ids
+        if params.bad_words:
+            if self.tokenizer is None:
+                raise ValueError("bad_words need a tokenizer (skip_tokenizer_init=True was set)")
+            params._bad_words_token_ids = bad_words_token_ids(self.tokenizer, params.bad_words)
         if params.top_k >= self.vocab_size:  # keeps the whole vocabulary: the same as no top-k
             params.top_k = 0
         # No request outputs more than the model length, so a larger minimum changes nothing.

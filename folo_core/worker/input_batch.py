@@ -13,6 +13,7 @@ import torch
 
 from folo_core.sampling_params import SamplingParams
 from folo_core.sched.output import NewRequestData
+from folo_core.sample.logits_processors import needs_logits_processing
 from folo_core.sample.metadata import SamplingMetadata
 
 _EPS = 1e-5
@@ -49,6 +50,7 @@ class InputBatch:
         # the same seed gives the same text under any memory pressure.
         self.params: dict[str, SamplingParams] = {}
         self.generators: dict[str, torch.Generator] = {}
+        self.logits_processed: set[str] = set()  # requests with logit_bias, allowed_token_ids or bad_words
 
     @property
     def num_reqs(self) -> int:
@@ -70,6 +72,8 @@ class InputBatch:
         self.append_blocks(row, data.block_ids)
         p = data.sampling_params
         self.params[req_id] = p
+        if needs_logits_processing(p):
+            self.logits_processed.add(req_id)
         self.temperature[row] = 0.0 if p.greedy else p.temperature
         self.top_p[row], self.top_k[row], self.min_p[row] = p.top_p, p.top_k, p.min_p
         self.presence[row], self.frequency[row] = p.presence_penalty, p.frequency_penalty
@@ -95,6 +99,7 @@ class InputBatch:
         if row is None:
             return
         self.params.pop(req_id, None)
+        self.logits_processed.discard(req_id)
         last = len(self.req_ids) - 1
         moved = self.req_ids.pop()
         if row != last:
@@ -108,6 +113,20 @@ class InputBatch:
         self.num_tokens[row] += 1
 
     # -- sampling -------------------------------------------------------------
+
+    def logits_processing_rows(self, rows: np.ndarray) -> list[tuple[int, SamplingParams, list[int]]]:
+        """(index among ``rows``, params, output ids) of the sampling rows whose logits get edited."""
+        if not self.logits_processed:
+            return []
+        out = []
+        for i, row in enumerate(rows.tolist()):
+            req_id = self.req_ids[row]
+            if req_id in self.logits_processed:
+                params = self.params[req_id]
+                outputs = (self.token_ids[row, self.num_prompt_tokens[row]:self.num_tokens[row]].tolist()
+                           if params._bad_words_token_ids else [])
+                out.append((i, params, outputs))
+        return out
 
     def sampling_metadata(self, rows: np.ndarray) -> SamplingMetadata:
         """Tensors for the rows that sample this step, in that order."""

@@ -24,6 +24,7 @@ from folo_core.logger import init_logger
 from folo_core.models import ModelLoadContext, ModelLoader
 from folo_core.quantization import QuantizationConfig, WeightMemory, quantized_layers, weight_memory
 from folo_core.sample.interface import Sampler
+from folo_core.sample.logits_processors import apply_logits_processors
 from folo_core.sched.output import LogprobsEntry, ModelRunnerOutput, SchedulerOutput
 from folo_core.structured_output.bitmask import apply_token_bitmask
 from folo_core.utils import cdiv
@@ -215,7 +216,10 @@ class ModelRunner:
             return ModelRunnerOutput(sampled_token_ids={}, failed_req_ids=failed)
         logits = self.model.compute_logits(hidden[torch.from_numpy(logits_indices).to(self.device)]).float()
         sample_rows = rows[samples]
-        if so.grammar_bitmask is not None:
+        edits = batch.logits_processing_rows(sample_rows)
+        if edits:
+            apply_logits_processors(logits, edits)
+        if so.grammar_bitmask is not None:  # last: a grammar's ban outranks any bias
             self._apply_grammar_bitmask(logits, so, sample_rows)
         sampler_output = self.sampler(logits, batch.sampling_metadata(sample_rows))
         result = self._collect(sample_rows, sampler_output)

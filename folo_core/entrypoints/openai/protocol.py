@@ -170,6 +170,8 @@ class SamplingRequest(_RequestModel):
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     response_format: ResponseFormat | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
     structured_outputs: dict[str, Any] | None = None  # StructuredOutputsParams' fields
     # vLLM's legacy names for the same, mapped onto structured_outputs (never ignored)
     guided_json: str | dict[str, Any] | None = None
@@ -179,8 +181,9 @@ class SamplingRequest(_RequestModel):
 
     @field_validator("logit_bias")
     @classmethod
-    def _no_logit_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
-        _unsupported(bias, "logit_bias", "the samplers do not apply biases yet")
+    def _token_id_keys(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        if bias and not all(key.isdigit() for key in bias):
+            raise ValueError("logit_bias keys must be token ids (strings of digits)")
         return bias
 
     @field_validator("stop")
@@ -253,6 +256,9 @@ class SamplingRequest(_RequestModel):
             skip_special_tokens=self.skip_special_tokens,
             output_kind=RequestOutputKind.DELTA,
             structured_outputs=self.structured_outputs_params(),
+            logit_bias={int(token): bias for token, bias in self.logit_bias.items()} if self.logit_bias else None,
+            allowed_token_ids=self.allowed_token_ids,
+            bad_words=self.bad_words,
         )
 
 
