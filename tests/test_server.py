@@ -365,3 +365,17 @@ def test_benchmark_script_runs_against_the_server(server, tiny_chat_model_dir, t
     assert (summary["completed"], summary["failed"], summary["total_output_tokens"]) == (6, 0, 48)
     assert summary["total_input_tokens"] == 96
     assert 0 < summary["median_ttft_ms"] and 0 < summary["mean_tpot_ms"] and 0 < summary["p99_itl_ms"]
+
+
+def test_tokenize_detokenize_and_version(server, tokenizer):
+    text = "Hello tokenizer"
+    body = httpx.post(f"{server}/tokenize", json={"model": MODEL, "prompt": text}).json()
+    assert body["tokens"] == tokenizer(text).input_ids and body["count"] == len(body["tokens"])
+    assert body["max_model_len"] == 1024
+    chat = httpx.post(f"{server}/tokenize", json={"messages": [{"role": "user", "content": text}]}).json()
+    assert chat["tokens"] == tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
+                                                           add_generation_prompt=True, return_dict=False)
+    assert httpx.post(f"{server}/detokenize", json={"tokens": body["tokens"]}).json() == {"prompt": text}
+    assert httpx.post(f"{server}/detokenize", json={"tokens": [10**9]}).status_code == 400
+    assert httpx.post(f"{server}/tokenize", json={"prompt": "a", "messages": []}).status_code == 400
+    assert httpx.get(f"{server}/version").json()["version"]

@@ -20,6 +20,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from folo_core import __version__
 from folo_core.config import ConfigError, EngineConfig
 from folo_core.entrypoints.cli import DEFAULT_MAX_REQUEST_BODY_BYTES
 from folo_core.default_model import DEFAULT_MODEL_NAME
@@ -28,9 +29,12 @@ from folo_core.engine.llm_engine import LLMEngine
 from folo_core.entrypoints.openai.errors import (OpenAIError, from_http_status, from_validation_error,
                                                  internal_error, request_too_large, unauthorized)
 from folo_core.entrypoints.openai.metrics import PrometheusStatLogger
-from folo_core.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from folo_core.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
+                                                   DetokenizeResponse, ModelCard, ModelList, TokenizeRequest,
+                                                   TokenizeResponse, VersionResponse)
 from folo_core.entrypoints.openai.serving_chat import OpenAIServingChat
 from folo_core.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from folo_core.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
 from folo_core.logger import init_logger
 
 logger = init_logger(__name__)
@@ -102,6 +106,7 @@ def build_app(engine: AsyncLLM, model_name: str, metrics: PrometheusStatLogger, 
     app = FastAPI(title="Folo OpenAI-compatible server", lifespan=lifespan)
     completions = OpenAIServingCompletion(engine, model_name)
     chat = OpenAIServingChat(engine, model_name, trust_request_chat_template)
+    tokenization = OpenAIServingTokenization(engine, model_name)
     model_config = engine.engine.config.model
 
     @app.exception_handler(OpenAIError)
@@ -135,6 +140,18 @@ def build_app(engine: AsyncLLM, model_name: str, metrics: PrometheusStatLogger, 
     async def list_models() -> ModelList:
         return ModelList(data=[ModelCard(id=model_name, root=model_config.model,
                                          max_model_len=model_config.max_model_len)])
+
+    @app.get("/version")
+    async def version() -> VersionResponse:
+        return VersionResponse(version=__version__)
+
+    @app.post("/tokenize")
+    async def tokenize(request: TokenizeRequest) -> TokenizeResponse:
+        return await tokenization.tokenize(request)
+
+    @app.post("/detokenize")
+    async def detokenize(request: DetokenizeRequest) -> DetokenizeResponse:
+        return await tokenization.detokenize(request)
 
     @app.post("/v1/completions")
     async def create_completion(request: CompletionRequest, raw_request: Request) -> Response:
