@@ -49,6 +49,11 @@ def register_structured_output_backends(register: Register) -> None:
 
 
 @hookspec
+def register_tool_parsers(register: Register) -> None:
+    """Register ``ToolParser`` subclasses by name (``--tool-call-parser``)."""
+
+
+@hookspec
 def register_models(register: Register) -> None:
     """Register model loaders by HF architecture name (``config.json`` ``architectures``)."""
 
@@ -61,6 +66,7 @@ HOOK_KINDS: dict[str, str] = {
     "quantizer": "register_quantizers",
     "model": "register_models",
     "structured_output_backend": "register_structured_output_backends",
+    "tool_parser": "register_tool_parsers",
 }
 """Registry kind -> hook name. One registry is built per kind."""
 

@@ -269,7 +269,7 @@ BAD_REQUESTS = [
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, 400,
      "top_logprobs", "invalid_value"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]},
-     400, "tools", "invalid_value"),
+     400, "tools.0.function", "missing_required_parameter"),
     ("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404, "model",
      "model_not_found"),
     ("/v1/nothing-here", {}, 404, None, "not_found"),

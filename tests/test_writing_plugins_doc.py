@@ -51,7 +51,17 @@ def use_manager(manager, monkeypatch):
 
 def test_doc_shows_a_plugin_for_every_kind_but_attention(manager, doc_plugins):
     kinds = {kind for name in doc_plugins for kind in manager.plugins[name].registered}
-    assert kinds == {"sampler", "scheduler", "kv_cache_manager", "quantizer", "model", "structured_output_backend"}
+    assert kinds == {"sampler", "scheduler", "kv_cache_manager", "quantizer", "model", "structured_output_backend",
+                     "tool_parser"}
+
+
+def test_doc_tool_parser_reads_its_calls(manager):
+    parser = manager.registry("tool_parser").get("fn_tag").impl(None)
+    extracted = parser.extract_tool_calls('One moment. <fn name="get_weather">{"city": "Paris"}</fn>')
+    assert extracted.content == "One moment."
+    assert [(c.name, c.arguments) for c in extracted.tool_calls] == [("get_weather", '{"city": "Paris"}')]
+    assert not parser.extract_tool_calls('<fn name="x">{oops</fn>').tools_called
+    assert parser.may_start_call("Sure <fn") == 5
 
 
 @pytest.mark.usefixtures("use_manager")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from jinja2 import TemplateError
@@ -30,7 +31,21 @@ def message_text(content: Any) -> str:
 def _template_message(message: Any) -> ChatMessage:
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         raise ValueError(f"each chat message must be a dict with a string 'role', got {message!r:.80}")
-    return {**message, "content": message_text(message.get("content"))}
+    out = {**message, "content": message_text(message.get("content"))}
+    if message.get("tool_calls"):  # OpenAI sends arguments as JSON text; templates want the object
+        out["tool_calls"] = [_with_parsed_arguments(call) for call in message["tool_calls"]]
+    return out
+
+
+def _with_parsed_arguments(call: Any) -> Any:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+        return call
+    try:
+        arguments = json.loads(function["arguments"])
+    except json.JSONDecodeError:
+        return call
+    return {**call, "function": {**function, "arguments": arguments}}
 
 
 def _check_template_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
@@ -45,12 +60,13 @@ def _check_template_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
 
 def render_chat(tokenizer: Any, conversation: list[ChatMessage], chat_template: str | None = None,
                 add_generation_prompt: bool = True, chat_template_kwargs: dict[str, Any] | None = None,
-                max_chars: int | None = None) -> dict[str, Any]:
+                max_chars: int | None = None, tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """``{"prompt": text, "prompt_token_ids": ids}`` for one conversation.
 
     ``max_chars`` (the processor's cap) refuses a conversation too long to fit before
-    it is rendered, and the rendered text before it is tokenized. Any mistake in the
-    messages or kwargs is a ``ValueError`` that names it.
+    it is rendered, and the rendered text before it is tokenized. ``tools`` (OpenAI's
+    function definitions) go to the template, which shows them to the model. Any
+    mistake in the messages or kwargs is a ``ValueError`` that names it.
     """
     if tokenizer is None:
         raise ValueError("chat needs a tokenizer (skip_tokenizer_init=True was set)")
@@ -61,7 +77,7 @@ def render_chat(tokenizer: Any, conversation: list[ChatMessage], chat_template: 
                          "model length")
     try:
         text = tokenizer.apply_chat_template(messages, chat_template=chat_template, tokenize=False,
-                                             add_generation_prompt=add_generation_prompt, **kwargs)
+                                             add_generation_prompt=add_generation_prompt, tools=tools, **kwargs)
     except (TemplateError, TypeError) as exc:  # e.g. the template's raise_exception("roles must alternate")
         raise ValueError(f"cannot apply the chat template to messages: {exc}") from None
     if max_chars is not None and len(text) > max_chars:

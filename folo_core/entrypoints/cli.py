@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Let requests bring their own chat_template (a template is code: off by default).")
     serve.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_REQUEST_BODY_BYTES,
                        help="Largest request body accepted; larger ones get a 413 (default: 8 MiB).")
+    serve.add_argument("--tool-call-parser", default=None,
+                       help="Tool parser plugin that reads calls out of the text (hermes, llama3_json, ...).")
+    serve.add_argument("--enable-auto-tool-choice", action="store_true",
+                       help='Allow tool_choice="auto": the model decides, the parser finds the calls.')
     serve.add_argument("--uvicorn-log-level", default="info",
                        choices=["critical", "error", "warning", "info", "debug", "trace"])
     EngineConfig.add_cli_args(serve)

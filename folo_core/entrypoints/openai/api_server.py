@@ -36,6 +36,8 @@ from folo_core.entrypoints.openai.serving_chat import OpenAIServingChat
 from folo_core.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from folo_core.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
 from folo_core.logger import init_logger
+from folo_core.plugins import get_plugin_manager
+from folo_core.tool_parsers import ToolParser
 
 logger = init_logger(__name__)
 
@@ -97,7 +99,8 @@ class BodySizeLimitMiddleware:
 
 def build_app(engine: AsyncLLM, model_name: str, metrics: PrometheusStatLogger, api_key: str | None = None,
               trust_request_chat_template: bool = False,
-              max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES) -> FastAPI:
+              max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
+              tool_parser: ToolParser | None = None, enable_auto_tool_choice: bool = False) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -105,7 +108,7 @@ def build_app(engine: AsyncLLM, model_name: str, metrics: PrometheusStatLogger, 
 
     app = FastAPI(title="Folo OpenAI-compatible server", lifespan=lifespan)
     completions = OpenAIServingCompletion(engine, model_name)
-    chat = OpenAIServingChat(engine, model_name, trust_request_chat_template)
+    chat = OpenAIServingChat(engine, model_name, trust_request_chat_template, tool_parser, enable_auto_tool_choice)
     tokenization = OpenAIServingTokenization(engine, model_name)
     model_config = engine.engine.config.model
 
@@ -187,9 +190,15 @@ def run_server(args: argparse.Namespace) -> int:
         raise ConfigError("folo serve needs a tokenizer; drop --skip-tokenizer-init")
     model_name = args.served_model_name or config.model.model or DEFAULT_MODEL_NAME
     metrics = PrometheusStatLogger(model_name)
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        raise ConfigError("--enable-auto-tool-choice needs --tool-call-parser (e.g. hermes, llama3_json)")
+    tool_parser = None
+    if args.tool_call_parser:
+        tool_parser = get_plugin_manager().registry("tool_parser").get(args.tool_call_parser).impl(
+            engine.get_tokenizer())
     async_engine = AsyncLLM(engine, [metrics])
     app = build_app(async_engine, model_name, metrics, args.api_key, args.trust_request_chat_template,
-                    args.max_request_body_bytes)
+                    args.max_request_body_bytes, tool_parser, args.enable_auto_tool_choice)
     logger.info("serving %s as %r on http://%s:%d", engine.config.model.model, model_name, args.host, args.port)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
                             timeout_graceful_shutdown=5)

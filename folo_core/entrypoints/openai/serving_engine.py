@@ -31,6 +31,7 @@ from folo_core.entrypoints.openai.errors import (OpenAIError, bad_request, inter
 from folo_core.entrypoints.openai.protocol import ErrorResponse, SamplingRequest, UsageInfo
 from folo_core.logger import init_logger
 from folo_core.outputs import CompletionOutput, RequestOutput, SampleLogprobs
+from folo_core.sampling_params import SamplingParams
 
 logger = init_logger(__name__)
 
@@ -48,9 +49,11 @@ class RequestState:
     created: int = field(default_factory=lambda: int(time.time()))
     prompt_token_ids: list[int] = field(default_factory=list)
     choices: list[CompletionOutput] = field(init=False)
+    streamed_chars: list[int] = field(init=False)  # per choice: text already sent (tool calls hold some back)
 
     def __post_init__(self) -> None:
         self.choices = [CompletionOutput(index=i, text="", token_ids=[], logprobs=[]) for i in range(self.n)]
+        self.streamed_chars = [0] * self.n
 
     def add(self, output: RequestOutput) -> list[CompletionOutput]:
         """Fold in one output; returns its deltas (one per choice that moved)."""
@@ -83,6 +86,10 @@ class OpenAIServing(ABC, Generic[RequestT]):
         self.model_name = model_name
         self.tokenizer = engine.get_tokenizer()
 
+    def sampling_params(self, request: RequestT) -> SamplingParams:
+        """The request's ``SamplingParams``; raises ``ValueError`` for values that cannot be."""
+        return request.to_sampling_params()
+
     @abstractmethod
     def build_prompt(self, request: RequestT) -> PromptType:
         """The engine prompt; raises ``ValueError`` for a request that cannot become one."""
@@ -103,7 +110,7 @@ class OpenAIServing(ABC, Generic[RequestT]):
         if request.model is not None and request.model != self.model_name:
             raise model_not_found(request.model)
         try:
-            params = request.to_sampling_params()
+            params = self.sampling_params(request)
             prompt = await self.engine.run_on_tokenizer_thread(self.build_prompt, request)
         except ValueError as exc:
             raise bad_request(str(exc)) from None
