@@ -15,6 +15,7 @@ class Logprob:
 
 
 SampleLogprobs = list[dict[int, Logprob]]
+PromptLogprobs = list[dict[int, Logprob] | None]  # position 0 (the first prompt token) is None
 
 
 @dataclass
@@ -55,3 +56,5 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics | None = None
     num_cached_tokens: int = 0
+    # With prompt_logprobs: per prompt position, None for the first token, then {token id: Logprob}.
+    prompt_logprobs: PromptLogprobs | None = None

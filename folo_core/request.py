@@ -72,6 +72,8 @@ class Request:
         self.num_cached_tokens = -1  # prefix-cache hit on first schedule; -1 until known
         self.num_preemptions = 0
         self.structured_output_request: StructuredOutputRequest | None = None
+        # With prompt_logprobs: entries for prompt tokens 1.. so far (sent with the first output).
+        self.prompt_logprobs: list = []
 
     @property
     def num_prompt_tokens(self) -> int:

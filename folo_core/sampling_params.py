@@ -90,6 +90,7 @@ class SamplingParams:
     max_tokens: int | None = 16
     min_tokens: int = 0
     logprobs: int | None = None
+    prompt_logprobs: int | None = None  # per prompt token: its logprob and the top-k (the request skips the prefix cache)
     skip_special_tokens: bool = True
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     structured_outputs: StructuredOutputsParams | None = None
@@ -135,7 +136,8 @@ class SamplingParams:
                      "min_p"):
             number(name, getattr(self, name))
         for name, optional in (("n", False), ("top_k", False), ("seed", True), ("max_tokens", True),
-                               ("min_tokens", False), ("logprobs", True)):
+                               ("min_tokens", False), ("logprobs", True),
+                               ("prompt_logprobs", True)):
             integer(name, getattr(self, name), optional)
         check(self.n >= 1, f"n must be at least 1, got {self.n}.")
         check(-2.0 <= self.presence_penalty <= 2.0,
@@ -155,6 +157,8 @@ class SamplingParams:
               f"min_tokens must be less than or equal to max_tokens={self.max_tokens}, got {self.min_tokens}.")
         check(self.logprobs is None or self.logprobs >= 0,
               f"logprobs must be non-negative, got {self.logprobs}.")
+        check(self.prompt_logprobs is None or self.prompt_logprobs >= 0,
+              f"prompt_logprobs must be non-negative, got {self.prompt_logprobs}.")
         # Child i of an n > 1 request samples with seed + i (``ParentRequest``).
         check(self.seed is None or self.seed + self.n - 1 <= INT64_MAX,
               f"seed + n - 1 must fit a 64-bit integer, got seed={self.seed} with n={self.n}.")

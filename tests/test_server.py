@@ -379,3 +379,18 @@ def test_tokenize_detokenize_and_version(server, tokenizer):
     assert httpx.post(f"{server}/detokenize", json={"tokens": [10**9]}).status_code == 400
     assert httpx.post(f"{server}/tokenize", json={"prompt": "a", "messages": []}).status_code == 400
     assert httpx.get(f"{server}/version").json()["version"]
+
+
+def test_echo_with_logprobs_returns_the_prompt_and_its_logprobs(client, tokenizer):
+    prompt = "The quick brown fox"
+    n_prompt = len(tokenizer(prompt).input_ids)
+    kwargs = dict(model=MODEL, prompt=prompt, max_tokens=5, temperature=0, extra_body={"ignore_eos": True})
+    plain = client.completions.create(**kwargs).choices[0].text
+    choice = client.completions.create(**kwargs, echo=True, logprobs=2).choices[0]
+    assert choice.text == prompt + plain
+    logprobs = choice.logprobs
+    assert len(logprobs.tokens) == n_prompt + 5 and "".join(logprobs.tokens) == choice.text
+    assert logprobs.token_logprobs[0] is None and all(lp <= 0 for lp in logprobs.token_logprobs[1:])
+    assert logprobs.text_offset == sorted(logprobs.text_offset)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(**kwargs, echo=True, stream=True))
+    assert streamed == prompt + plain

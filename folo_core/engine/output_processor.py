@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, field
 
 from folo_core.engine.detokenizer import IncrementalDetokenizer
-from folo_core.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SampleLogprobs
+from folo_core.outputs import (CompletionOutput, Logprob, PromptLogprobs, RequestMetrics, RequestOutput,
+                               SampleLogprobs)
 from folo_core.sampling_params import RequestOutputKind, SamplingParams
 from folo_core.sched.output import EngineCoreOutput, LogprobsEntry
 
@@ -27,6 +28,7 @@ class RequestState:
     metrics: RequestMetrics
     output_token_ids: list[int] = field(default_factory=list)
     logprobs: SampleLogprobs | None = None
+    prompt_logprobs: PromptLogprobs | None = None
     cumulative_logprob: float | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
@@ -54,10 +56,12 @@ class RequestState:
             index=self.index, text=text, token_ids=list(token_ids), cumulative_logprob=self.cumulative_logprob,
             logprobs=list(logprobs) if logprobs is not None else None,
             finish_reason=self.finish_reason, stop_reason=self.stop_reason, error=self.error)
+        prompt_logprobs, self.prompt_logprobs = self.prompt_logprobs, (None if delta else self.prompt_logprobs)
         if self.parent is not None:
-            return self.parent.make_output(completion, finished, self)
+            return self.parent.make_output(completion, finished, self, prompt_logprobs)
         return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, [completion], finished,
-                             metrics=self.metrics, num_cached_tokens=self.num_cached_tokens)
+                             metrics=self.metrics, num_cached_tokens=self.num_cached_tokens,
+                             prompt_logprobs=prompt_logprobs)
 
 
 class ParentRequest:
@@ -69,6 +73,7 @@ class ParentRequest:
         self.child_ids = [f"{i}_{request_id}" for i in range(params.n)]
         self.latest: list[CompletionOutput | None] = [None] * params.n
         self.num_finished = 0
+        self.prompt_logprobs: PromptLogprobs | None = None
 
     def child_params(self, index: int) -> SamplingParams:
         """Each child samples on its own; a seeded parent gives child ``i`` seed ``seed + i``."""
@@ -80,7 +85,8 @@ class ParentRequest:
             params.output_kind = RequestOutputKind.CUMULATIVE  # the parent holds back, not the child
         return params
 
-    def make_output(self, completion: CompletionOutput, child_finished: bool, child: RequestState) -> RequestOutput | None:
+    def make_output(self, completion: CompletionOutput, child_finished: bool, child: RequestState,
+                    prompt_logprobs: PromptLogprobs | None = None) -> RequestOutput | None:
         self.latest[completion.index] = completion
         self.num_finished += child_finished
         finished = self.num_finished == len(self.child_ids)
@@ -88,8 +94,12 @@ class ParentRequest:
         if kind == RequestOutputKind.FINAL_ONLY and not finished:
             return None
         outputs = [completion] if kind == RequestOutputKind.DELTA else [c for c in self.latest if c is not None]
+        if prompt_logprobs is not None:
+            self.prompt_logprobs = prompt_logprobs  # the same prompt for every child: keep one
         return RequestOutput(self.request_id, child.prompt, child.prompt_token_ids, outputs, finished,
-                             metrics=child.metrics, num_cached_tokens=child.num_cached_tokens)
+                             metrics=child.metrics, num_cached_tokens=child.num_cached_tokens,
+                             prompt_logprobs=prompt_logprobs if kind == RequestOutputKind.DELTA
+                             else self.prompt_logprobs)
 
 
 class OutputProcessor:
@@ -143,6 +153,8 @@ class OutputProcessor:
             state.num_cached_tokens = out.num_cached_tokens
             if state.logprobs is not None:
                 self._add_logprobs(state, out.new_logprobs)
+            if out.prompt_logprobs is not None:
+                state.prompt_logprobs = [None] + [self._position(entry) for entry in out.prompt_logprobs]
             state.finish_reason, state.stop_reason, state.error = out.finish_reason, out.stop_reason, out.error
             if state.detokenizer is not None:
                 # Ended by a stop token (EOS, stop_token_ids), whose text is left out; a grammar
@@ -166,13 +178,17 @@ class OutputProcessor:
                 self.parents.pop(state.parent.request_id, None)  # every child done
         return request_outputs, to_abort
 
+    def _position(self, entry: LogprobsEntry) -> dict[int, Logprob]:
+        """One position's logprobs: the chosen token first, then the top-k not already listed."""
+        position: dict[int, Logprob] = {}
+        for token_id, logprob, rank in zip(entry.token_ids, entry.logprobs, entry.ranks):
+            if token_id not in position:
+                position[token_id] = Logprob(logprob, rank, self._decode_token(token_id))
+        return position
+
     def _add_logprobs(self, state: RequestState, entries: list[LogprobsEntry]) -> None:
         for entry in entries:
-            position: dict[int, Logprob] = {}
-            for token_id, logprob, rank in zip(entry.token_ids, entry.logprobs, entry.ranks):
-                if token_id not in position:
-                    position[token_id] = Logprob(logprob, rank, self._decode_token(token_id))
-            state.logprobs.append(position)
+            state.logprobs.append(self._position(entry))
             state.cumulative_logprob += entry.logprobs[0]
 
     def _decode_token(self, token_id: int) -> str | None:

@@ -116,9 +116,10 @@ class Processor:
             bad = [t for t in ids or () if isinstance(t, int) and t >= self.vocab_size]
             if bad:
                 raise ValueError(f"{name} entry {bad[0]} is out of vocabulary (size {self.vocab_size})")
-        if params.logprobs is not None and params.logprobs > self.max_logprobs:
-            raise ValueError(f"Requested sample logprobs of {params.logprobs}, which is greater than max allowed: "
-                             f"{self.max_logprobs}")
+        for kind, wanted in (("sample", params.logprobs), ("prompt", params.prompt_logprobs)):
+            if wanted is not None and wanted > self.max_logprobs:
+                raise ValueError(f"Requested {kind} logprobs of {wanted}, which is greater than max allowed: "
+                                 f"{self.max_logprobs}")
         params = params.clone()
         params._verify_args()  # a caller may have changed fields since construction
         if params.structured_outputs is not None:

@@ -45,6 +45,8 @@ class KVCacheManager(ABC):
         """Cached blocks of the request's longest cached prefix and their token count.
 
         Never the whole prompt: the last token is always computed so it yields logits.
+        A request with ``prompt_logprobs`` gets no hits: its prompt's logprobs come from
+        running the prompt.
         """
         return [], 0
 

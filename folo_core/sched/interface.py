@@ -207,6 +207,10 @@ class Scheduler(ABC):
         outputs: list[EngineCoreOutput] = []
         for req_id, error in runner_output.failed_req_ids.items():
             outputs.extend(self.fail_requests([req_id], error))
+        for req_id, (position, entries) in runner_output.prompt_logprobs.items():
+            request = self.requests.get(req_id)
+            if request is not None:  # after a preemption the prompt is recomputed: keep each position once
+                request.prompt_logprobs.extend(entries[len(request.prompt_logprobs) + 1 - position:])
         for req_id, n in scheduler_output.num_scheduled_tokens.items():
             request = self.requests.get(req_id)
             if request is None or request.is_finished():
@@ -220,10 +224,11 @@ class Scheduler(ABC):
             if not stopped and request.structured_output_request is not None:
                 stopped = advance_grammar(request, token)
             logprobs = runner_output.logprobs.get(req_id)
+            first = request.num_output_tokens == 1 and request.sampling_params.prompt_logprobs is not None
             outputs.append(EngineCoreOutput(
                 req_id, [token], [logprobs] if logprobs else [],
                 request.get_finished_reason(), request.stop_reason,
-                max(request.num_cached_tokens, 0),
+                max(request.num_cached_tokens, 0), prompt_logprobs=request.prompt_logprobs if first else None,
             ))
             if stopped:
                 self.running.remove(request)

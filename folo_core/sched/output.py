@@ -70,6 +70,8 @@ class ModelRunnerOutput:
     sampled_token_ids: dict[str, int]
     logprobs: dict[str, LogprobsEntry] = field(default_factory=dict)
     failed_req_ids: dict[str, str] = field(default_factory=dict)
+    # Requests with prompt_logprobs: (position of the first entry, one entry per prompt token of the chunk).
+    prompt_logprobs: dict[str, tuple[int, list[LogprobsEntry]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,6 +83,7 @@ class EngineCoreOutput:
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0
     error: str | None = None  # why, when finish_reason is "error"
+    prompt_logprobs: list[LogprobsEntry] | None = None  # with a request's first output: prompt tokens 1..
 
     @property
     def finished(self) -> bool:

@@ -25,6 +25,7 @@ from folo_core.models import ModelLoadContext, ModelLoader
 from folo_core.quantization import QuantizationConfig, WeightMemory, quantized_layers, weight_memory
 from folo_core.sample.interface import Sampler
 from folo_core.sample.logits_processors import apply_logits_processors
+from folo_core.sample.logprobs import compute_logprobs
 from folo_core.sched.output import LogprobsEntry, ModelRunnerOutput, SchedulerOutput
 from folo_core.structured_output.bitmask import apply_token_bitmask
 from folo_core.utils import cdiv
@@ -34,6 +35,7 @@ from folo_core.worker.input_batch import InputBatch
 logger = init_logger(__name__)
 
 _CPU_KV_CACHE_CAP = 4 << 30
+_PROMPT_LOGPROBS_CHUNK = 256  # prompt positions per logits matrix
 
 
 def _available_host_memory() -> int:
@@ -212,8 +214,9 @@ class ModelRunner:
         logits_indices = (np.cumsum(num_sched) - 1)[samples]
 
         hidden = self._run_model(self.forward, flat, input_ids)
+        prompt_logprobs = self._prompt_logprobs(hidden, req_ids, rows, computed, num_sched)
         if not len(logits_indices):
-            return ModelRunnerOutput(sampled_token_ids={}, failed_req_ids=failed)
+            return ModelRunnerOutput(sampled_token_ids={}, failed_req_ids=failed, prompt_logprobs=prompt_logprobs)
         logits = self.model.compute_logits(hidden[torch.from_numpy(logits_indices).to(self.device)]).float()
         sample_rows = rows[samples]
         edits = batch.logits_processing_rows(sample_rows)
@@ -223,8 +226,32 @@ class ModelRunner:
             self._apply_grammar_bitmask(logits, so, sample_rows)
         sampler_output = self.sampler(logits, batch.sampling_metadata(sample_rows))
         result = self._collect(sample_rows, sampler_output)
-        result.failed_req_ids = failed
+        result.failed_req_ids, result.prompt_logprobs = failed, prompt_logprobs
         return result
+
+    def _prompt_logprobs(self, hidden: torch.Tensor, req_ids: list[str], rows: np.ndarray, computed: np.ndarray,
+                         num_sched: np.ndarray) -> dict[str, tuple[int, list[LogprobsEntry]]]:
+        """For requests with ``prompt_logprobs``: each prompt token of this chunk (after the first
+        of the prompt), its logprob given the tokens before it, its rank and the top-k."""
+        batch = self.input_batch
+        out: dict[str, tuple[int, list[LogprobsEntry]]] = {}
+        starts = np.cumsum(num_sched) - num_sched
+        for i, req_id in enumerate(req_ids):
+            k = batch.params[req_id].prompt_logprobs
+            row, first = int(rows[i]), int(computed[i])
+            end = min(first + int(num_sched[i]), int(batch.num_prompt_tokens[row]) - 1)  # the next token is prompt
+            if k is None or end <= first:
+                continue
+            entries: list[LogprobsEntry] = []
+            for lo in range(first, end, _PROMPT_LOGPROBS_CHUNK):  # bounds the [tokens, vocab] logits
+                hi = min(end, lo + _PROMPT_LOGPROBS_CHUNK)
+                flat = torch.arange(int(starts[i]) + lo - first, int(starts[i]) + hi - first, device=self.device)
+                logits = self.model.compute_logits(hidden[flat]).float()
+                targets = torch.from_numpy(batch.token_ids[row, lo + 1:hi + 1]).to(self.device)
+                ids, lps, ranks = (t.tolist() for t in compute_logprobs(logits, targets, k))
+                entries.extend(LogprobsEntry(*entry) for entry in zip(ids, lps, ranks))
+            out[req_id] = (first + 1, entries)
+        return out
 
     def _apply_grammar_bitmask(self, logits: torch.Tensor, so: SchedulerOutput, sample_rows: np.ndarray) -> None:
         """Ban what each structured request's grammar does not allow, before any sampling step

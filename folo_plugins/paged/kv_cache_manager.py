@@ -35,7 +35,7 @@ class PagedKVCacheManager(KVCacheManager):
         return hashes
 
     def get_computed_blocks(self, request: Request) -> tuple[list[int], int]:
-        if not self.enable_caching:
+        if not self.enable_caching or request.sampling_params.prompt_logprobs is not None:
             return [], 0
         hashes = self._block_hashes(request)
         # Leave at least the last token to compute, so the step yields logits.

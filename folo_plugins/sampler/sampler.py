@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from folo_core.sample.interface import Sampler, SamplerOutput
+from folo_core.sample.logprobs import compute_logprobs
 from folo_core.sample.metadata import SamplingMetadata
 
 _EPS = 1e-5
@@ -97,18 +98,6 @@ def random_sample(probs: torch.Tensor, generators: dict[int, torch.Generator]) -
         u[row] = torch.rand(1, generator=generator, device=probs.device)
     u = (u * cdf[:, -1:]).clamp_min_(torch.finfo(cdf.dtype).tiny)
     return torch.searchsorted(cdf, u).squeeze(1).clamp_(max=probs.shape[1] - 1)
-
-
-def compute_logprobs(raw_logits: torch.Tensor, sampled: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
-    """Sampled token's logprob and rank, followed by the top-k tokens'."""
-    logprobs = raw_logits.log_softmax(dim=-1)
-    sampled_lp = logprobs.gather(1, sampled.unsqueeze(1))
-    sampled_rank = (logprobs >= sampled_lp).sum(dim=-1, keepdim=True)
-    top_lp, top_ids = logprobs.topk(k, dim=-1) if k else (sampled_lp[:, :0], sampled[:, None][:, :0])
-    top_ranks = torch.arange(1, k + 1, device=raw_logits.device).expand(raw_logits.shape[0], k)
-    return (torch.cat([sampled.unsqueeze(1), top_ids], 1),
-            torch.cat([sampled_lp, top_lp], 1),
-            torch.cat([sampled_rank, top_ranks], 1))
 
 
 class DefaultSampler(Sampler):

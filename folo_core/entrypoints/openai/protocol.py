@@ -267,7 +267,8 @@ class CompletionRequest(SamplingRequest):
     prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's and vLLM's default for completions
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    echo: bool = False
+    echo: bool = False  # the prompt comes back before the completion (with its logprobs, given logprobs)
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # vLLM extra
     suffix: str | None = None
     best_of: int | None = None
 
@@ -282,11 +283,19 @@ class CompletionRequest(SamplingRequest):
             raise ValueError("the prompt must not be empty")
         return prompt
 
-    @field_validator("echo", "suffix")
+    @field_validator("suffix")
     @classmethod
-    def _no_echo_or_suffix(cls, value: Any, info: Any) -> Any:
+    def _no_suffix(cls, value: Any, info: Any) -> Any:
         _unsupported(value, info.field_name, "not implemented")
         return value
+
+    def to_sampling_params(self) -> SamplingParams:
+        params = super().to_sampling_params()
+        if self.prompt_logprobs is not None:
+            params.prompt_logprobs = self.prompt_logprobs
+        elif self.echo and self.logprobs is not None:  # the echoed prompt carries logprobs too
+            params.prompt_logprobs = self.logprobs
+        return params
 
     @field_validator("best_of")
     @classmethod

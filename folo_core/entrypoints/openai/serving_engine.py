@@ -30,7 +30,7 @@ from folo_core.entrypoints.openai.errors import (OpenAIError, bad_request, inter
                                                  overloaded, shutting_down)
 from folo_core.entrypoints.openai.protocol import ErrorResponse, SamplingRequest, UsageInfo
 from folo_core.logger import init_logger
-from folo_core.outputs import CompletionOutput, RequestOutput, SampleLogprobs
+from folo_core.outputs import CompletionOutput, PromptLogprobs, RequestOutput, SampleLogprobs
 from folo_core.sampling_params import SamplingParams
 
 logger = init_logger(__name__)
@@ -48,6 +48,8 @@ class RequestState:
     n: int
     created: int = field(default_factory=lambda: int(time.time()))
     prompt_token_ids: list[int] = field(default_factory=list)
+    prompt: str | None = None
+    prompt_logprobs: PromptLogprobs | None = None
     choices: list[CompletionOutput] = field(init=False)
     streamed_chars: list[int] = field(init=False)  # per choice: text already sent (tool calls hold some back)
 
@@ -57,7 +59,9 @@ class RequestState:
 
     def add(self, output: RequestOutput) -> list[CompletionOutput]:
         """Fold in one output; returns its deltas (one per choice that moved)."""
-        self.prompt_token_ids = output.prompt_token_ids
+        self.prompt_token_ids, self.prompt = output.prompt_token_ids, output.prompt
+        if output.prompt_logprobs is not None:
+            self.prompt_logprobs = output.prompt_logprobs
         for delta in output.outputs:
             choice = self.choices[delta.index]
             choice.text += delta.text
