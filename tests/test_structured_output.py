@@ -190,3 +190,23 @@ def test_apply_token_bitmask_matches_the_bits(compiled):
             else:
                 allowed = True
             assert (out[r, t] == logits[r, t]) if allowed else out[r, t] == float("-inf"), (r, t)
+
+
+def test_rollback_restores_the_mask(qwen3, backend):
+    """Speculative decoding will accept draft tokens and roll back the rejected ones."""
+    from folo_core.structured_output.bitmask import allocate_token_bitmask
+
+    manager = use_backend(qwen3, backend).llm_engine.engine_core.structured_output_manager
+    grammar = manager.grammar_init(StructuredOutputsParams(regex="(abc|abd)[0-9]")).future.result()
+    tokenizer = qwen3.get_tokenizer()
+    before = allocate_token_bitmask(1, manager.vocab_size)
+    grammar.fill_bitmask(before, 0)
+    tokens = [tokenizer.convert_tokens_to_ids(c) for c in "ab"]
+    assert grammar.accept_tokens(tokens)
+    after = allocate_token_bitmask(1, manager.vocab_size)
+    grammar.fill_bitmask(after, 0)
+    assert not torch.equal(before, after)
+    grammar.rollback(len(tokens))
+    again = allocate_token_bitmask(1, manager.vocab_size)
+    grammar.fill_bitmask(again, 0)
+    assert torch.equal(before, again)
