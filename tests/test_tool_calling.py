@@ -165,3 +165,11 @@ def test_auto_without_a_parser_is_400(tiny_chat_model_dir, tmp_path):
                               json={"model": MODEL, "messages": ASK, "tools": TOOLS, "tool_choice": "auto"})
     assert response.status_code == 400
     assert "--enable-auto-tool-choice" in response.json()["error"]["message"]
+
+
+def test_offline_chat_shows_tools_to_the_template(tiny_chat_model_dir):
+    from folo_core import LLM
+
+    llm = LLM(str(tiny_chat_model_dir), max_model_len=1024)
+    with_tools = llm.render_chat(ASK, tools=TOOLS)["prompt"]
+    assert "get_weather" in with_tools and "get_weather" not in llm.render_chat(ASK)["prompt"]

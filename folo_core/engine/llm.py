@@ -66,18 +66,22 @@ class LLM:
         chat_template: str | None = None,
         add_generation_prompt: bool = True,
         chat_template_kwargs: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[RequestOutput]:
-        """Apply the tokenizer's chat template to one conversation or a list of them, then generate."""
+        """Apply the tokenizer's chat template to one conversation or a list of them, then generate.
+
+        ``tools`` (OpenAI's function definitions) are shown to the template, as vLLM's ``LLM.chat``.
+        """
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        prompts = [self.render_chat(conv, chat_template, add_generation_prompt, chat_template_kwargs)
+        prompts = [self.render_chat(conv, chat_template, add_generation_prompt, chat_template_kwargs, tools)
                    for conv in conversations]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
     def render_chat(self, conversation: list[ChatMessage], chat_template: str | None = None,
-                    add_generation_prompt: bool = True,
-                    chat_template_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+                    add_generation_prompt: bool = True, chat_template_kwargs: dict[str, Any] | None = None,
+                    tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return render_chat(self.get_tokenizer(), conversation, chat_template, add_generation_prompt,
-                           chat_template_kwargs, self.llm_engine.processor.max_prompt_chars)
+                           chat_template_kwargs, self.llm_engine.processor.max_prompt_chars, tools)
 
     def _add_requests(self, prompts: list[PromptType], params_list: list[SamplingParams],
                       priority: Sequence[int] | None) -> list[str]:
