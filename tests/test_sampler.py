@@ -32,17 +32,43 @@ def logits() -> torch.Tensor:
     return torch.randn(1, VOCAB)
 
 
-def test_top_k_only_path_masks_like_the_sorting_path():
-    """Top-k alone skips the full sort; it keeps exactly what the sort-based mask keeps,
-    ties at the k-th value and rows without top-k included."""
-    from folo_plugins.sampler.sampler import apply_top_k_only, apply_top_k_top_p
+def test_top_k_only_path_masks_like_a_sort():
+    """Top-k skips the full sort; it keeps exactly what a sort keeps (ties at the k-th value
+    included), and rows without top-k keep everything."""
+    from folo_plugins.sampler.sampler import apply_top_k_only
 
     torch.manual_seed(1)
     logits = torch.randn(5, VOCAB).round(decimals=1)  # rounding makes ties
     top_k = torch.tensor([1, 3, 0, 7, VOCAB + 5])
-    expected = apply_top_k_top_p(logits.clone(), top_k, torch.ones(5))  # top_p=1: the sort path
-    assert torch.equal(apply_top_k_only(logits.clone(), top_k), expected)
-    assert torch.isinf(expected[0]).sum() < VOCAB and not torch.isinf(expected[2]).any()
+    masked = apply_top_k_only(logits.clone(), top_k)
+    for row, k in enumerate(top_k.tolist()):
+        kth = logits[row].sort(descending=True).values[min(k, VOCAB) - 1] if k > 0 else -float("inf")
+        assert torch.equal(torch.isinf(masked[row]), logits[row] < kth)
+    assert torch.isinf(masked[0]).sum() < VOCAB and not torch.isinf(masked[2]).any()
+
+
+@pytest.mark.parametrize("scale", [5.0, 8.0])
+def test_top_p_from_candidates_equals_the_full_sort(scale):
+    """Peaked rows (the usual case) take the candidate path and keep exactly the sorted nucleus."""
+    from folo_plugins.sampler import sampler
+
+    torch.manual_seed(2)
+    logits = torch.randn(6, 4096) * scale
+    top_p = torch.tensor([0.1, 0.5, 0.8, 0.9, 0.95, 0.99])
+    with_candidates = sampler.apply_top_p_partial(logits, top_p)
+    assert with_candidates is not None
+    assert torch.equal(torch.isinf(with_candidates), torch.isinf(sampler.apply_top_p_sorted(logits, top_p)))
+
+
+def test_flat_rows_fall_back_to_the_sort(monkeypatch):
+    from folo_plugins.sampler import sampler
+
+    monkeypatch.setattr(sampler, "_TOP_P_CANDIDATES", 16)
+    logits = torch.zeros(2, 256)  # uniform: 16 candidates hold 1/16 of the mass
+    top_p = torch.tensor([0.5, 0.9])
+    assert sampler.apply_top_p_partial(logits, top_p) is None
+    kept = (~torch.isinf(sampler.apply_top_k_top_p(logits, None, top_p))).sum(dim=-1)
+    assert kept.tolist() == [128, 231]  # ceil(p * 256) tokens
 
 
 def test_top_k_never_leaves_the_top_k(logits):

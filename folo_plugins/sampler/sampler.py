@@ -67,21 +67,50 @@ def apply_top_k_only(logits: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
+_TOP_P_CANDIDATES = 1024  # tokens looked at before falling back to a full sort
+
+
+def apply_top_p_partial(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor | None:
+    """Top-p from the ``_TOP_P_CANDIDATES`` most likely tokens, without sorting the vocabulary.
+
+    A token stays iff the mass of the tokens more likely than it is below p. When the
+    candidates of every row already hold mass p, no token outside them can stay, so
+    the answer is exact; otherwise (a flat distribution) returns None for the full sort.
+    """
+    k = min(_TOP_P_CANDIDATES, logits.shape[1])
+    values, _ = logits.topk(k, dim=-1)
+    probs = (values - logits.logsumexp(dim=-1, keepdim=True)).exp()
+    before = probs.cumsum(dim=-1) - probs  # mass of the more likely candidates
+    p = top_p.unsqueeze(1)
+    if bool((before[:, -1:] + probs[:, -1:] < p).any()):
+        return None
+    keep = before < p
+    keep[:, 0] = True  # the most likely token always stays
+    threshold = values.masked_fill(~keep, float("inf")).min(dim=-1, keepdim=True).values
+    return logits.masked_fill(logits < threshold, float("-inf"))
+
+
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
-    """Mask everything outside the top-k and the top-p nucleus (ties at the k-th value kept)."""
-    if top_p is None and top_k is not None:
-        return apply_top_k_only(logits, top_k)
-    sorted_logits, order = logits.sort(dim=-1, descending=False)
-    vocab = logits.shape[1]
+    """Mask everything outside the top-k and the top-p nucleus (ties at the k-th value kept).
+
+    Neither needs a full-vocabulary sort in the usual case: top-k finds each row's k-th
+    value with ``topk``, then top-p looks only at the most likely candidates.
+    """
     if top_k is not None:
-        k = torch.where(top_k > 0, top_k, torch.full_like(top_k, vocab)).clamp(max=vocab)
-        kth = sorted_logits.gather(1, (vocab - k).unsqueeze(1))
-        sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
-    if top_p is not None:
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        outside = cumulative <= (1 - top_p.unsqueeze(1))
-        outside[:, -1] = False  # the most likely token always stays
-        sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
+        logits = apply_top_k_only(logits, top_k)
+        if top_p is None:
+            return logits
+    nucleus = apply_top_p_partial(logits, top_p)
+    return nucleus if nucleus is not None else apply_top_p_sorted(logits, top_p)
+
+
+def apply_top_p_sorted(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Top-p over the whole sorted vocabulary (for distributions too flat for the candidates)."""
+    sorted_logits, order = logits.sort(dim=-1, descending=False)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    outside = cumulative <= (1 - top_p.unsqueeze(1))
+    outside[:, -1] = False  # the most likely token always stays
+    sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)
 
 
