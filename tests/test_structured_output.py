@@ -210,3 +210,10 @@ def test_rollback_restores_the_mask(qwen3, backend):
     again = allocate_token_bitmask(1, manager.vocab_size)
     grammar.fill_bitmask(again, 0)
     assert torch.equal(before, again)
+
+
+def test_suite_under_preemption(tiny_chat_model_dir):
+    """Grammars live with their requests: preempted and recomputed requests still complete validly."""
+    llm = LLM(str(tiny_chat_model_dir), max_model_len=512, num_gpu_blocks_override=24, block_size=16)
+    check_structured_outputs(llm, num_schemas=20, seed=5)
+    assert llm.llm_engine.engine_core.scheduler.num_preemptions > 0
