@@ -7,7 +7,8 @@ Built-in plugins and third-party packages use the same hooks through the
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import pluggy
 
@@ -58,16 +59,46 @@ def register_models(register: Register) -> None:
     """Register model loaders by HF architecture name (``config.json`` ``architectures``)."""
 
 
-HOOK_KINDS: dict[str, str] = {
-    "attention_backend": "register_attention_backends",
-    "scheduler": "register_schedulers",
-    "kv_cache_manager": "register_kv_cache_managers",
-    "sampler": "register_samplers",
-    "quantizer": "register_quantizers",
-    "model": "register_models",
-    "structured_output_backend": "register_structured_output_backends",
-    "tool_parser": "register_tool_parsers",
-}
-"""Registry kind -> hook name. One registry is built per kind."""
+@dataclass(frozen=True)
+class PluginKind:
+    """One kind of plugin: its registry, its hook, the config field that names the pick, its contract.
 
-__all__ = ["hookimpl", "hookspec", "HOOK_KINDS", "Register"]
+    ``config_field`` is ``section.field`` of ``EngineConfig`` (None: picked otherwise, a
+    model by the checkpoint's architecture, a quantizer by its quantization config, a
+    tool parser by ``folo serve --tool-call-parser``). ``per_engine`` kinds are resolved
+    once when the engine starts; a structured-output backend is picked per request.
+    """
+
+    name: str
+    hook: str
+    contract: str
+    config_field: str | None = None
+    per_engine: bool = False
+
+    def configured(self, config: Any) -> str:
+        """The name the config asks for (``auto`` included)."""
+        section, field_name = self.config_field.split(".")
+        return getattr(getattr(config, section), field_name)
+
+
+PLUGIN_KINDS: tuple[PluginKind, ...] = (
+    PluginKind("attention_backend", "register_attention_backends", "folo_core.attention.backend.AttentionBackend",
+               "model.attention_backend", per_engine=True),
+    PluginKind("scheduler", "register_schedulers", "folo_core.sched.interface.Scheduler",
+               "scheduler.scheduler", per_engine=True),
+    PluginKind("kv_cache_manager", "register_kv_cache_managers", "folo_core.kv_cache.interface.KVCacheManager",
+               "cache.kv_cache_manager", per_engine=True),
+    PluginKind("sampler", "register_samplers", "folo_core.sample.interface.Sampler", "model.sampler",
+               per_engine=True),
+    PluginKind("quantizer", "register_quantizers", "folo_core.quantization.QuantizationConfig"),
+    PluginKind("model", "register_models", "folo_core.models.ModelLoader"),
+    PluginKind("structured_output_backend", "register_structured_output_backends",
+               "folo_core.structured_output.backend.StructuredOutputBackend", "model.structured_outputs_backend"),
+    PluginKind("tool_parser", "register_tool_parsers", "folo_core.tool_parsers.interface.ToolParser"),
+)
+"""Every plugin kind, in one place: one registry is built per kind."""
+
+HOOK_KINDS: dict[str, str] = {kind.name: kind.hook for kind in PLUGIN_KINDS}
+"""Registry kind -> hook name."""
+
+__all__ = ["hookimpl", "hookspec", "HOOK_KINDS", "PLUGIN_KINDS", "PluginKind", "Register"]

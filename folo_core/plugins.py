@@ -133,7 +133,3 @@ def get_plugin_manager() -> FoloPluginManager:
     manager = FoloPluginManager()
     manager.load_entry_points(_allowlist())
     return manager
-
-
-def get_registry(kind: str) -> Registry:
-    return get_plugin_manager().registry(kind)

@@ -164,3 +164,18 @@ def test_folo_plugins_explain_picks_paged_here(tiny_model_dir):
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["explain"]["attention_backend"]
     assert [r["name"] for r in rows if r["selected"]] == ["paged"]
+
+
+def test_the_plugin_kind_table_is_true():
+    """Each kind's hook exists, its contract imports, and its config field (if any) is in EngineConfig."""
+    import importlib
+
+    from folo_core.config import EngineConfig
+
+    config = EngineConfig()
+    for kind in hookspecs.PLUGIN_KINDS:
+        assert callable(getattr(hookspecs, kind.hook))
+        module, _, name = kind.contract.rpartition(".")
+        assert isinstance(getattr(importlib.import_module(module), name), type)
+        if kind.config_field:
+            assert kind.configured(config) == "auto"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from folo_core.config import EngineConfig
+from folo_core.hookspecs import PLUGIN_KINDS
 from folo_core.logger import init_logger
 from folo_core.models import CheckpointError
 from folo_core.plugins import FoloPluginManager
@@ -107,10 +108,10 @@ class EngineCore:
             raise PluginSelectionError("config.json has no 'architectures' entry")
         model_entry = plugins.registry("model").get(arch)
         quant_config = quantization_config(config, plugins, ctx)
-        attn_entry = plugins.registry("attention_backend").select(config.model.attention_backend, ctx)
-        sampler_entry = plugins.registry("sampler").select(config.model.sampler, ctx)
-        kv_entry = plugins.registry("kv_cache_manager").select(config.cache.kv_cache_manager, ctx)
-        sched_entry = plugins.registry("scheduler").select(config.scheduler.scheduler, ctx)
+        picked = {kind.name: plugins.registry(kind.name).select(kind.configured(config), ctx)
+                  for kind in PLUGIN_KINDS if kind.per_engine}
+        attn_entry, sampler_entry, kv_entry, sched_entry = (
+            picked[name] for name in ("attention_backend", "sampler", "kv_cache_manager", "scheduler"))
 
         enable_caching = config.cache.enable_prefix_caching
         supported = kv_entry.impl.supports_prefix_caching and attn_entry.impl.capabilities.prefix_caching

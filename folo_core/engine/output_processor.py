@@ -135,9 +135,6 @@ class OutputProcessor:
             if state is not None and state.parent is not None:
                 self.parents.pop(state.parent.request_id, None)
 
-    def has_unfinished_requests(self) -> bool:
-        return bool(self.states)
-
     def process_outputs(self, outputs: list[EngineCoreOutput]) -> tuple[list[RequestOutput], list[str]]:
         """Returns the user outputs and the ids the core must abort (stopped by a stop string)."""
         request_outputs, to_abort = [], []

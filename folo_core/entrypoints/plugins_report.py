@@ -6,18 +6,10 @@ from typing import Any
 
 from folo_core.config import EngineConfig, resolve_engine_config
 from folo_core.engine.core import quantization_config, selection_context
+from folo_core.hookspecs import PLUGIN_KINDS
 from folo_core.plugins import FoloPluginManager, get_plugin_manager
 from folo_core.registry import SelectionContext
 
-# Config field naming the implementation for each kind that ``auto`` resolves.
-_SELECTED_BY = {
-    "attention_backend": lambda c: c.model.attention_backend,
-    "sampler": lambda c: c.model.sampler,
-    "kv_cache_manager": lambda c: c.cache.kv_cache_manager,
-    "scheduler": lambda c: c.scheduler.scheduler,
-    # ``auto`` here is per request: the pick below, or the next eligible one that supports it.
-    "structured_output_backend": lambda c: c.model.structured_outputs_backend,
-}
 
 
 def plugins_report() -> dict[str, Any]:
@@ -66,8 +58,10 @@ def explain_report(config: EngineConfig) -> dict[str, list[dict[str, Any]]]:
     manager = get_plugin_manager()
     ctx, resolved = _context(config)
     out: dict[str, list[dict[str, Any]]] = {}
-    for kind, selected_name in _SELECTED_BY.items():
-        wanted = selected_name(config)
+    # Every kind a config field names (for a structured-output backend, ``auto`` is per request:
+    # the pick below, or the next eligible one that supports the request).
+    for plugin_kind in (k for k in PLUGIN_KINDS if k.config_field):
+        kind, wanted = plugin_kind.name, plugin_kind.configured(config)
         report = manager.registry(kind).explain(ctx)
         chosen = next((e.name for e, reasons in report if not reasons and wanted in ("auto", e.name)), None)
         out[kind] = [{"name": entry.name, "plugin": entry.plugin, "priority": entry.priority,
