@@ -1,4 +1,4 @@
-"""``EngineCore``: picks the plugins, owns scheduler and model runner, runs the step loop.
+"""``EngineCore``: builds the picked plugins (``selection.py``), owns scheduler and model runner, runs the step loop.
 
     scheduler_output = scheduler.schedule()
     runner_output    = model_runner.execute_model(scheduler_output)
@@ -7,19 +7,13 @@
 
 from __future__ import annotations
 
-import json
 from concurrent import futures
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from folo_core.config import EngineConfig
-from folo_core.hookspecs import PLUGIN_KINDS
+from folo_core.engine.selection import select_plugins
 from folo_core.logger import init_logger
-from folo_core.models import CheckpointError
 from folo_core.plugins import FoloPluginManager
-from folo_core.quantization import QuantizationConfig
-from folo_core.registry import PluginSelectionError, Registry, SelectionContext
 from folo_core.request import Request, RequestStatus
 from folo_core.sampling_params import SamplingParams
 from folo_core.sched.output import EngineCoreOutput
@@ -31,109 +25,25 @@ logger = init_logger(__name__)
 _GRAMMAR_POLL_S = 0.01
 
 
-def model_geometry(hf_config: Any) -> tuple[int, int, int]:
-    """(num_heads, num_kv_heads, head_size) from an HF config."""
-    num_heads = hf_config.num_attention_heads
-    num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
-    head_size = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
-    return num_heads, num_kv_heads, head_size
-
-
-def selection_context(config: EngineConfig) -> SelectionContext:
-    hf_config = config.model.hf_config
-    num_heads, num_kv_heads, head_size = model_geometry(hf_config)
-    return SelectionContext(
-        device=config.model.resolved_device(),
-        dtype=config.model.torch_dtype,
-        head_size=head_size,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        block_size=config.cache.block_size,
-        architecture=(getattr(hf_config, "architectures", None) or [None])[0],
-        options={
-            "enable_chunked_prefill": config.scheduler.enable_chunked_prefill,
-            "enable_prefix_caching": config.cache.enable_prefix_caching is True,
-        },
-    )
-
-
-def quantization_config(config: EngineConfig, plugins: FoloPluginManager,
-                        ctx: SelectionContext) -> QuantizationConfig | None:
-    """The checkpoint's quantization scheme (or the one forced by ``quantization``)."""
-    hf_quant = getattr(config.model.hf_config, "quantization_config", None)
-    if hf_quant is not None and not isinstance(hf_quant, dict):
-        hf_quant = hf_quant.to_dict()
-    name = config.model.quantization or (hf_quant or {}).get("quant_method")
-    registry = plugins.registry("quantizer")
-    if hf_quant is None:
-        name, hf_quant = quantization_file(config.model.model, registry, name)
-    if name is None:
-        return None
-    entry = registry.select(name, ctx)
-    return entry.impl.from_config(hf_quant or {})
-
-
-def quantization_file(model_path: str, registry: Registry, name: str | None) -> tuple[str | None, dict | None]:
-    """(quantizer, settings) from a quantizer's own file beside config.json, e.g. AutoGPTQ's
-    ``quantize_config.json``; ``(name, None)`` when there is none."""
-    for entry in [registry.get(name)] if name else registry.entries():
-        for filename in entry.impl.get_config_filenames():
-            path = Path(model_path) / filename
-            if path.is_file():
-                try:
-                    return entry.name, json.loads(path.read_text())
-                except ValueError as exc:
-                    raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
-    return name, None
-
-
-@dataclass
-class SelectedPlugins:
-    """The implementation picked for each kind, as ``folo plugins --explain`` reports it."""
-
-    model: str
-    attention_backend: str
-    sampler: str
-    kv_cache_manager: str
-    scheduler: str
-    quantization: str | None
-
-
 class EngineCore:
     def __init__(self, config: EngineConfig, plugins: FoloPluginManager, tokenizer: Any = None) -> None:
         self.config = config
-        ctx = selection_context(config)
-        arch = ctx.architecture
-        if arch is None:
-            raise PluginSelectionError("config.json has no 'architectures' entry")
-        model_entry = plugins.registry("model").get(arch)
-        quant_config = quantization_config(config, plugins, ctx)
-        picked = {kind.name: plugins.registry(kind.name).select(kind.configured(config), ctx)
-                  for kind in PLUGIN_KINDS if kind.per_engine}
-        attn_entry, sampler_entry, kv_entry, sched_entry = (
-            picked[name] for name in ("attention_backend", "sampler", "kv_cache_manager", "scheduler"))
+        picks = select_plugins(config, plugins)
+        attn_entry, kv_entry, quant_config = picks.attention_backend, picks.kv_cache_manager, picks.quant_config
+        enable_caching = picks.enable_prefix_caching
 
-        enable_caching = config.cache.enable_prefix_caching
-        supported = kv_entry.impl.supports_prefix_caching and attn_entry.impl.capabilities.prefix_caching
-        if enable_caching and not kv_entry.impl.supports_prefix_caching:
-            raise PluginSelectionError(
-                f"kv_cache_manager {kv_entry.name!r} does not support prefix caching; "
-                "set enable_prefix_caching=False")
-        enable_caching = supported if enable_caching is None else enable_caching
-
-        self.model_runner = ModelRunner(config, attn_entry.impl, sampler_entry.impl(), model_entry.impl,
+        self.model_runner = ModelRunner(config, attn_entry.impl, picks.sampler.impl(), picks.model.impl,
                                         quant_config)
         self.num_blocks = self.model_runner.determine_num_blocks()
         self.model_runner.initialize_kv_cache(self.num_blocks)
         extra_key = f"{config.model.model}|{config.model.dtype}|{quant_config.hash_key() if quant_config else ''}"
         self.kv_cache_manager = kv_entry.impl(self.num_blocks, config.cache.block_size, enable_caching, extra_key)
-        self.scheduler = sched_entry.impl(config.scheduler, config.cache, self.kv_cache_manager)
-        self.selected = SelectedPlugins(arch, attn_entry.name, sampler_entry.name, kv_entry.name,
-                                        sched_entry.name, quant_config.name if quant_config else None)
+        self.scheduler = picks.scheduler.impl(config.scheduler, config.cache, self.kv_cache_manager)
+        self.selected = picks.summary()
         self.enable_prefix_caching = enable_caching
         self.structured_output_manager = StructuredOutputManager(
-            plugins.registry("structured_output_backend"), config.model.structured_outputs_backend, ctx, tokenizer,
-            config.model.hf_config.vocab_size)
+            plugins.registry("structured_output_backend"), config.model.structured_outputs_backend, picks.ctx,
+            tokenizer, config.model.hf_config.vocab_size)
         logger.info("plugins: %s; prefix caching %s", self.selected, "on" if enable_caching else "off")
 
     @property

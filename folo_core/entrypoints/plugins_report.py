@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from folo_core.config import EngineConfig, resolve_engine_config
-from folo_core.engine.core import quantization_config, selection_context
+from folo_core.engine.selection import quantization_config, selection_context
 from folo_core.hookspecs import PLUGIN_KINDS
 from folo_core.plugins import FoloPluginManager, get_plugin_manager
 from folo_core.registry import SelectionContext
