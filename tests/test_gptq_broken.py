@@ -49,7 +49,7 @@ def test_scales_for_another_group_size(broken):
 
 def test_unsupported_bits(broken):
     edit_quantization_config(broken, bits=3)
-    with pytest.raises(CheckpointError, match=r"quantization_config\.bits=3 is not supported by gptq"):
+    with pytest.raises(CheckpointError, match=r"quantization_config\.bits=3 is not supported"):
         load(broken)
 
 

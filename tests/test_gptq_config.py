@@ -28,10 +28,10 @@ def test_reads_gptqmodel_and_autogptq_settings():
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"bits": 3}, "quantization_config.bits=3 is not supported by gptq (supported: 4, 8)"),
+    ({"bits": 3}, "quantization_config.bits=3 is not supported (supported: 4, 8)"),
     ({"bits": None}, "quantization_config.bits=None must be int"),
     ({"bits": True}, "quantization_config.bits=True must be int"),
-    ({"group_size": 0}, "quantization_config.group_size=0 must be -1 or positive"),
+    ({"group_size": 0}, "quantization_config.group_size=0 must be -1 (a single group) or positive"),
     ({"desc_act": "yes"}, "quantization_config.desc_act='yes' must be bool"),
     ({"checkpoint_format": "marlin"}, "quantization_config.checkpoint_format='marlin' is not supported"),
     ({"pack_dtype": "int16"}, "quantization_config.pack_dtype='int16' is not supported"),

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from folo_core.registry import SelectionContext
 from folo_core.utils import cdiv
-from folo_plugins.gptq.config import GPTQConfig, GPTQScheme
+from folo_plugins.gptq.config import GPTQConfig
+from folo_plugins.gptq.scheme import GPTQScheme
 from folo_plugins.gptq.kernels import FORCE_ENV, choose_kernel, kernel_candidates
 from folo_plugins.gptq.kernels.base import GPTQWeights
 from folo_plugins.gptq.kernels.cpu_int4pack import CPUInt4PackKernel

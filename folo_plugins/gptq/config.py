@@ -11,7 +11,7 @@ Embeddings and the LM head are never quantized here.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from torch import nn
@@ -19,7 +19,10 @@ from torch import nn
 from folo_core.models import CheckpointError
 from folo_core.quantization import QuantizationConfig, QuantizationMethod, QuantizeOptions
 from folo_core.registry import SelectionContext
-from folo_plugins.gptq.packing import CHECKPOINT_FORMATS, SUPPORTED_BITS
+from folo_plugins.gptq.kernels import kernel_candidates
+from folo_plugins.gptq.linear import GPTQLinearMethod
+from folo_plugins.gptq.packing import CHECKPOINT_FORMATS
+from folo_plugins.gptq.scheme import GPTQScheme, scheme_problem
 
 # Our fused linears -> the checkpoint modules they hold (vLLM's packed_modules_mapping).
 PACKED_MODULES: dict[str, tuple[str, ...]] = {
@@ -27,17 +30,6 @@ PACKED_MODULES: dict[str, tuple[str, ...]] = {
     "gate_up_proj": ("gate_proj", "up_proj"),
 }
 _OVERRIDABLE = ("bits", "group_size", "desc_act", "sym")
-
-
-@dataclass(frozen=True)
-class GPTQScheme:
-    """How one linear layer is quantized (the config's values after any ``dynamic`` override)."""
-
-    bits: int
-    group_size: int  # -1: one group over the whole input
-    desc_act: bool
-    sym: bool
-    checkpoint_format: str
 
 
 def _field(config: dict[str, Any], key: str, kind: type, default: Any) -> Any:
@@ -48,11 +40,9 @@ def _field(config: dict[str, Any], key: str, kind: type, default: Any) -> Any:
 
 
 def _validate_scheme(scheme: GPTQScheme, where: str) -> GPTQScheme:
-    if scheme.bits not in SUPPORTED_BITS:
-        raise CheckpointError(f"{where}bits={scheme.bits} is not supported by gptq "
-                              f"(supported: {', '.join(map(str, SUPPORTED_BITS))})")
-    if scheme.group_size != -1 and scheme.group_size <= 0:
-        raise CheckpointError(f"{where}group_size={scheme.group_size} must be -1 or positive")
+    problem = scheme_problem(scheme.bits, scheme.group_size)
+    if problem:
+        raise CheckpointError(f"{where}{problem}")
     return scheme
 
 
@@ -118,8 +108,6 @@ class GPTQConfig(QuantizationConfig):
         return self.scheme
 
     def get_quant_method(self, layer: nn.Module, prefix: str) -> QuantizationMethod | None:
-        from folo_plugins.gptq.linear import GPTQLinearMethod
-
         parent, _, leaf = prefix.rpartition(".")
         names = [f"{parent}.{shard}" for shard in PACKED_MODULES[leaf]] if leaf in PACKED_MODULES else [prefix]
         schemes = {self.scheme_for(name) for name in names}
@@ -130,12 +118,10 @@ class GPTQConfig(QuantizationConfig):
         return None if scheme is None else GPTQLinearMethod(scheme)
 
     def kernel_candidates(self, ctx: SelectionContext) -> list[tuple[str, list[str]]]:
-        from folo_plugins.gptq.kernels import kernel_candidates
-
         return kernel_candidates(self.scheme, ctx)
 
     @classmethod
     def quantize_checkpoint(cls, model_path: str, output_path: str, options: QuantizeOptions) -> None:
-        from folo_plugins.gptq.quantize import quantize_checkpoint
+        from folo_plugins.gptq.quantize import quantize_checkpoint  # gptqmodel: the optional "gptq" extra
 
         quantize_checkpoint(model_path, output_path, options)

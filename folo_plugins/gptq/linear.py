@@ -17,7 +17,7 @@ from folo_core.logger import init_logger
 from folo_core.models import CheckpointError
 from folo_core.quantization import QuantizationMethod, WeightLoader
 from folo_core.utils import cdiv
-from folo_plugins.gptq.config import GPTQScheme
+from folo_plugins.gptq.scheme import GPTQScheme
 from folo_plugins.gptq.kernels import choose_kernel
 from folo_plugins.gptq.kernels.base import GPTQWeights
 from folo_plugins.gptq.packing import decode_zeros, pack_factor

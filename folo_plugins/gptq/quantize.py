@@ -19,16 +19,15 @@ from folo_core.logger import init_logger
 from folo_core.quantization import QuantizeOptions
 from folo_core.registry import PluginSelectionError
 from folo_plugins.gptq.calibration import calibration_samples
-from folo_plugins.gptq.packing import SUPPORTED_BITS
+from folo_plugins.gptq.scheme import scheme_problem
 
 logger = init_logger(__name__)
 
 
 def _check(options: QuantizeOptions) -> None:
-    if options.bits not in SUPPORTED_BITS:
-        raise ValueError(f"bits={options.bits} is not supported (supported: {', '.join(map(str, SUPPORTED_BITS))})")
-    if options.group_size != -1 and options.group_size <= 0:
-        raise ValueError(f"group_size={options.group_size} must be -1 (a single group) or positive")
+    problem = scheme_problem(options.bits, options.group_size)
+    if problem:
+        raise ValueError(problem)
     if options.num_samples < 1:
         raise ValueError(f"num_samples={options.num_samples} must be at least 1")
 

@@ -11,7 +11,7 @@ import os
 import torch
 
 from folo_core.registry import SelectionContext
-from folo_plugins.gptq.config import GPTQScheme
+from folo_plugins.gptq.scheme import GPTQScheme
 from folo_plugins.gptq.kernels.base import GPTQKernel, GPTQWeights
 from folo_plugins.gptq.kernels.cpu_int4pack import CPUInt4PackKernel
 from folo_plugins.gptq.kernels.dequant import DequantKernel

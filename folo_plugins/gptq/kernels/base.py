@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from folo_plugins.gptq.config import GPTQScheme
+from folo_plugins.gptq.scheme import GPTQScheme
 
 
 @dataclass

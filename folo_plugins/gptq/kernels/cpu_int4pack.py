@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from folo_plugins.gptq.config import GPTQScheme
+from folo_plugins.gptq.scheme import GPTQScheme
 from folo_plugins.gptq.kernels.base import GPTQKernel, GPTQWeights, frozen
 from folo_plugins.gptq.packing import unpack_rows
 

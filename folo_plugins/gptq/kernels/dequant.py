@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from folo_plugins.gptq.config import GPTQScheme
+from folo_plugins.gptq.scheme import GPTQScheme
 from folo_plugins.gptq.kernels.base import GPTQKernel, GPTQWeights, frozen
 from folo_plugins.gptq.packing import dequantize
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from folo_plugins.gptq.config import GPTQScheme
+from folo_plugins.gptq.scheme import GPTQScheme
 from folo_plugins.gptq.kernels.base import GPTQKernel, GPTQWeights
 from folo_plugins.gptq.packing import encode_zeros
 
