@@ -32,7 +32,8 @@ from typing import Any, TypeVar
 
 from folo_core.engine.errors import EngineDeadError, EngineStepError
 from folo_core.engine.llm_engine import EngineStats, LLMEngine
-from folo_core.engine.processor import ProcessedRequest, PromptType
+from folo_core.config import ModelConfig
+from folo_core.engine.processor import ProcessedRequest, Processor, PromptType
 from folo_core.engine.stats import IterationStats, RequestStats, StatLoggerBase
 from folo_core.logger import init_logger
 from folo_core.outputs import RequestOutput
@@ -89,6 +90,15 @@ class AsyncLLM:
     def get_tokenizer(self) -> Any:
         return self.engine.get_tokenizer()
 
+    @property
+    def processor(self) -> Processor:
+        """The request checks and tokenizing; stateless, so callers run it on the tokenizer thread."""
+        return self.engine.processor
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.engine.config.model
+
     # ----- asyncio side -----
 
     async def generate(self, prompt: PromptType, sampling_params: SamplingParams, request_id: str,
@@ -102,7 +112,7 @@ class AsyncLLM:
         params.output_kind = RequestOutputKind.DELTA
         arrival_time = time.time()
         stream = _RequestStream(arrival_time)
-        processed = await self.run_on_tokenizer_thread(self.engine.processor.process, prompt, params)
+        processed = await self.run_on_tokenizer_thread(self.processor.process, prompt, params)
         added = self._post(self._add_request, request_id, processed, arrival_time, priority, stream)
         try:
             await asyncio.wrap_future(added)

@@ -110,7 +110,7 @@ def build_app(engine: AsyncLLM, model_name: str, metrics: PrometheusStatLogger, 
     completions = OpenAIServingCompletion(engine, model_name)
     chat = OpenAIServingChat(engine, model_name, trust_request_chat_template, tool_parser, enable_auto_tool_choice)
     tokenization = OpenAIServingTokenization(engine, model_name)
-    model_config = engine.engine.config.model
+    model_config = engine.model_config
 
     @app.exception_handler(OpenAIError)
     async def _openai_error(request: Request, exc: OpenAIError) -> JSONResponse:

@@ -72,7 +72,7 @@ class OpenAIServingChat(OpenAIServing[ChatCompletionRequest]):
         tools = request.tool_dicts() if request.tool_choice != "none" else None
         return render_chat(self.tokenizer, request.conversation(), request.chat_template,
                            request.add_generation_prompt, request.chat_template_kwargs,
-                           self.engine.engine.processor.max_prompt_chars, tools)
+                           self.engine.processor.max_prompt_chars, tools)
 
     def _logprobs(self, request: ChatCompletionRequest, logprobs: SampleLogprobs) -> ChatCompletionLogProbs | None:
         return chat_logprobs(logprobs, request.top_logprobs or 0) if request.logprobs else None

@@ -14,7 +14,7 @@ class OpenAIServingTokenization:
     def __init__(self, engine: AsyncLLM, model_name: str) -> None:
         self.engine = engine
         self.model_name = model_name
-        self.processor = engine.engine.processor
+        self.processor = engine.processor
 
     def _check_model(self, model: str | None) -> None:
         if model is not None and model != self.model_name:
