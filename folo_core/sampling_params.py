@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from numbers import Real
 
+from folo_core.utils import lone_surrogate_at
+
 _SAMPLING_EPS = 1e-5
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -17,14 +19,6 @@ class RequestOutputKind(enum.Enum):
     CUMULATIVE = 0  # everything generated so far
     DELTA = 1  # only what is new since the previous output
     FINAL_ONLY = 2  # nothing until the request finishes
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 @dataclass
@@ -164,7 +158,8 @@ class SamplingParams:
               f"seed + n - 1 must fit a 64-bit integer, got seed={self.seed} with n={self.n}.")
         check(isinstance(self.stop, (list, tuple)) and all(isinstance(s, str) and s for s in self.stop),
               "stop must be a non-empty string or a list of non-empty strings.")
-        check(all(_encodes(s) for s in self.stop), "stop strings must be valid Unicode (no lone surrogates).")
+        check(all(lone_surrogate_at(s) is None for s in self.stop),
+              "stop strings must be valid Unicode (no lone surrogates).")
         check(self.structured_outputs is None or isinstance(self.structured_outputs, StructuredOutputsParams),
               "structured_outputs must be StructuredOutputsParams.")
         bias = self.logit_bias
@@ -177,7 +172,8 @@ class SamplingParams:
             isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in allowed)),
             "allowed_token_ids must be a non-empty list of non-negative integers.")
         check(self.bad_words is None or (isinstance(self.bad_words, (list, tuple))
-                                         and all(isinstance(w, str) and w and _encodes(w) for w in self.bad_words)),
+                                         and all(isinstance(w, str) and w and lone_surrogate_at(w) is None
+                                                 for w in self.bad_words)),
               "bad_words must be a list of non-empty strings.")
         ids = self.stop_token_ids
         check(isinstance(ids, (list, tuple))

@@ -7,6 +7,8 @@ from typing import Any
 
 from jinja2 import TemplateError
 
+from folo_core.utils import lone_surrogate_at
+
 ChatMessage = dict[str, Any]
 
 # ``apply_chat_template``'s own parameters: ``chat_template_kwargs`` only adds template variables.
@@ -90,7 +92,6 @@ def render_chat(tokenizer: Any, conversation: list[ChatMessage], chat_template: 
 
 def check_unicode(text: str, what: str) -> None:
     """Refuse text a tokenizer cannot take: a lone surrogate (e.g. from a JSON ``\\ud800`` escape)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"The {what} is not valid Unicode: a lone surrogate at position {exc.start}") from None
+    position = lone_surrogate_at(text)
+    if position is not None:
+        raise ValueError(f"The {what} is not valid Unicode: a lone surrogate at position {position}")

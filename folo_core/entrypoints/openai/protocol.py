@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from folo_core.logger import init_logger
+from folo_core.utils import lone_surrogate_at
 from folo_core.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
 logger = init_logger(__name__)
@@ -48,11 +49,7 @@ class _RequestModel(OpenAIBaseModel):
 def _lone_surrogate(value: Any, path: list[str]) -> list[str] | None:
     """The path to the first string holding a lone surrogate, if any."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path
-        return None
+        return None if lone_surrogate_at(value) is None else path
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, item in items:
         found = _lone_surrogate(key, path + [str(key)]) if isinstance(key, str) else None
