@@ -21,6 +21,10 @@ class RequestOutputKind(enum.Enum):
     FINAL_ONLY = 2  # nothing until the request finishes
 
 
+STRUCTURED_OUTPUT_KINDS = ("json", "regex", "choice", "grammar", "json_object")
+"""The constraints ``StructuredOutputsParams`` can carry (one per request)."""
+
+
 @dataclass
 class StructuredOutputsParams:
     """Constrain a request's output (vLLM >= 0.12's names): exactly one of the fields.
@@ -38,8 +42,7 @@ class StructuredOutputsParams:
     disable_any_whitespace: bool = False  # JSON without optional whitespace (vLLM's option)
 
     def __post_init__(self) -> None:
-        given = [name for name in ("json", "regex", "choice", "grammar", "json_object")
-                 if getattr(self, name) not in (None, False)]
+        given = self._given()
         if len(given) != 1:
             raise ValueError("structured_outputs takes exactly one of json, regex, choice, grammar, json_object; "
                              f"got {', '.join(given) or 'none'}")
@@ -53,11 +56,13 @@ class StructuredOutputsParams:
         if self.json is not None and not isinstance(self.json, (str, dict)):
             raise ValueError("structured_outputs.json must be a JSON schema (an object or a string)")
 
+    def _given(self) -> list[str]:
+        return [name for name in STRUCTURED_OUTPUT_KINDS if getattr(self, name) not in (None, False)]
+
     @property
     def kind(self) -> str:
-        """Which constraint: ``json``, ``regex``, ``choice``, ``grammar`` or ``json_object``."""
-        return next(name for name in ("json", "regex", "choice", "grammar", "json_object")
-                    if getattr(self, name) not in (None, False))
+        """Which constraint: one of ``STRUCTURED_OUTPUT_KINDS``."""
+        return self._given()[0]
 
     @property
     def spec(self) -> object:

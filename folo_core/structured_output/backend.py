@@ -15,10 +15,7 @@ from typing import Any, ClassVar
 import torch
 
 from folo_core.registry import SelectionContext
-from folo_core.sampling_params import StructuredOutputsParams
-
-KINDS = ("json", "regex", "choice", "grammar", "json_object")
-
+from folo_core.sampling_params import STRUCTURED_OUTPUT_KINDS, StructuredOutputsParams
 
 class StructuredOutputGrammar(ABC):
     """One request's matcher state."""
@@ -44,7 +41,7 @@ class StructuredOutputGrammar(ABC):
 class StructuredOutputBackend(ABC):
     """A grammar engine. Register with ``register_structured_output_backends``."""
 
-    kinds: ClassVar[tuple[str, ...]] = KINDS  # what ``compile_grammar`` takes
+    kinds: ClassVar[tuple[str, ...]] = STRUCTURED_OUTPUT_KINDS  # what ``compile_grammar`` takes
 
     @classmethod
     def check_eligibility(cls, ctx: SelectionContext) -> list[str]:

@@ -7,6 +7,7 @@ send newer OpenAI fields keep working; fields Folo knows but cannot honour
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from typing import Any, Literal
@@ -214,7 +215,7 @@ class SamplingRequest(_RequestModel):
         if self.structured_outputs is not None:
             if not isinstance(self.structured_outputs, dict):
                 raise ValueError("structured_outputs must be an object")
-            known = {"json", "regex", "choice", "grammar", "json_object", "disable_any_whitespace"}
+            known = {f.name for f in dataclasses.fields(StructuredOutputsParams)}
             unknown = sorted(set(self.structured_outputs) - known)
             if unknown:
                 raise ValueError(f"structured_outputs: unknown field(s) {', '.join(unknown)}")
@@ -224,8 +225,9 @@ class SamplingRequest(_RequestModel):
             value = getattr(self, field)
             if value is not None:
                 given.append((field, StructuredOutputsParams(**{kind: value})))
-        if self.response_format is not None and self.response_format.structured_outputs() is not None:
-            given.append(("response_format", self.response_format.structured_outputs()))
+        from_format = self.response_format.structured_outputs() if self.response_format is not None else None
+        if from_format is not None:
+            given.append(("response_format", from_format))
         if len(given) > 1:
             raise ValueError(f"set only one output constraint; got {', '.join(name for name, _ in given)}")
         return given[0][1] if given else None
