@@ -87,18 +87,26 @@ class Processor:
                 f"unsupported prompt {prompt!r}: pass a string, {{'prompt': str}} or {{'prompt_token_ids': [int, ...]}}")
         if self.tokenizer is None:
             raise ValueError("text prompts need a tokenizer (skip_tokenizer_init=True: pass prompt_token_ids)")
+        return text, self.encode_text(text)
+
+    def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a text prompt, refused first if it is too long or not valid Unicode."""
         self.check_prompt_chars(text)
         check_unicode(text, "prompt")
-        return text, self.tokenizer.encode(text)
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def check_token_ids(self, ids: Any, what: str = "token id") -> None:
+        """Every id in ``ids`` is in the vocabulary, or a ``ValueError`` names the first that is not."""
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"{what} {bad[0]} is out of vocabulary (size {self.vocab_size})")
 
     def process(self, prompt: PromptType, params: SamplingParams) -> ProcessedRequest:
         """Tokenize and check; pure (no engine state), so it may run on any thread."""
         text, ids = self.tokenize(prompt)
         if not ids:
             raise ValueError("The decoder prompt cannot be empty")
-        bad = [t for t in ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is out of vocabulary (size {self.vocab_size})")
+        self.check_token_ids(ids)
         if len(ids) > self.max_model_len:
             raise ValueError(
                 f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of "
@@ -111,17 +119,15 @@ class Processor:
         """A copy of ``params`` checked against the model: vocabulary, log-prob limit, length."""
         if not isinstance(params, SamplingParams):
             raise TypeError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
+        params = params.clone()
+        params._verify_args()  # a caller may have changed fields since construction
         for name, ids in (("stop_token_ids", params.stop_token_ids), ("allowed_token_ids", params.allowed_token_ids),
                           ("logit_bias", params.logit_bias)):
-            bad = [t for t in ids or () if isinstance(t, int) and t >= self.vocab_size]
-            if bad:
-                raise ValueError(f"{name} entry {bad[0]} is out of vocabulary (size {self.vocab_size})")
+            self.check_token_ids(ids or (), f"{name} entry")
         for kind, wanted in (("sample", params.logprobs), ("prompt", params.prompt_logprobs)):
             if wanted is not None and wanted > self.max_logprobs:
                 raise ValueError(f"Requested {kind} logprobs of {wanted}, which is greater than max allowed: "
                                  f"{self.max_logprobs}")
-        params = params.clone()
-        params._verify_args()  # a caller may have changed fields since construction
         if params.structured_outputs is not None:
             if self.structured_output_manager is None:
                 raise ValueError("this engine has no structured output support")

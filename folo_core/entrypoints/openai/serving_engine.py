@@ -15,7 +15,7 @@ import asyncio
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -111,15 +111,12 @@ class OpenAIServing(ABC, Generic[RequestT]):
         ...
 
     async def create(self, request: RequestT, raw_request: Request) -> Response:
-        if request.model is not None and request.model != self.model_name:
-            raise model_not_found(request.model)
+        check_model(request.model, self.model_name)
         try:
             params = self.sampling_params(request)
-            prompt = await self.engine.run_on_tokenizer_thread(self.build_prompt, request)
         except ValueError as exc:
             raise bad_request(str(exc)) from None
-        except EngineDeadError as exc:
-            raise shutting_down(str(exc)) from None
+        prompt = await on_tokenizer_thread(self.engine, self.build_prompt, request)
         state = RequestState(f"{self.request_id_prefix}-{uuid.uuid4().hex}", self.model_name, params.n)
         outputs = self.engine.generate(prompt, params, state.request_id)
         try:
@@ -171,6 +168,22 @@ class OpenAIServing(ABC, Generic[RequestT]):
 
     def _chunks(self, request: RequestT, state: RequestState, output: RequestOutput) -> list[str]:
         return [sse(chunk) for delta in state.add(output) for chunk in self.stream_chunks(request, state, delta)]
+
+
+def check_model(requested: str | None, served: str) -> None:
+    """404 unless the request names the served model (or none)."""
+    if requested is not None and requested != served:
+        raise model_not_found(requested)
+
+
+async def on_tokenizer_thread(engine: AsyncLLM, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on the engine's tokenizer thread: a ``ValueError`` is a 400, a shut-down engine a 503."""
+    try:
+        return await engine.run_on_tokenizer_thread(fn, *args)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+    except EngineDeadError as exc:
+        raise shutting_down(str(exc)) from None
 
 
 def _engine_error(exc: Exception) -> OpenAIError:
