@@ -51,6 +51,7 @@ class InputBatch:
         self.params: dict[str, SamplingParams] = {}
         self.generators: dict[str, torch.Generator] = {}
         self.logits_processed: set[str] = set()  # requests with logit_bias, allowed_token_ids or bad_words
+        self.prompt_logprobs: set[str] = set()  # requests with prompt_logprobs
 
     @property
     def num_reqs(self) -> int:
@@ -74,6 +75,8 @@ class InputBatch:
         self.params[req_id] = p
         if needs_logits_processing(p):
             self.logits_processed.add(req_id)
+        if p.prompt_logprobs is not None:
+            self.prompt_logprobs.add(req_id)
         self.temperature[row] = 0.0 if p.greedy else p.temperature
         self.top_p[row], self.top_k[row], self.min_p[row] = p.top_p, p.top_k, p.min_p
         self.presence[row], self.frequency[row] = p.presence_penalty, p.frequency_penalty
@@ -100,6 +103,7 @@ class InputBatch:
             return
         self.params.pop(req_id, None)
         self.logits_processed.discard(req_id)
+        self.prompt_logprobs.discard(req_id)
         last = len(self.req_ids) - 1
         moved = self.req_ids.pop()
         if row != last:

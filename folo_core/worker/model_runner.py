@@ -235,12 +235,16 @@ class ModelRunner:
         of the prompt), its logprob given the tokens before it, its rank and the top-k."""
         batch = self.input_batch
         out: dict[str, tuple[int, list[LogprobsEntry]]] = {}
+        if not batch.prompt_logprobs:  # the usual step: nothing to do
+            return out
         starts = np.cumsum(num_sched) - num_sched
         for i, req_id in enumerate(req_ids):
+            if req_id not in batch.prompt_logprobs:
+                continue
             k = batch.params[req_id].prompt_logprobs
             row, first = int(rows[i]), int(computed[i])
             end = min(first + int(num_sched[i]), int(batch.num_prompt_tokens[row]) - 1)  # the next token is prompt
-            if k is None or end <= first:
+            if end <= first:
                 continue
             entries: list[LogprobsEntry] = []
             for lo in range(first, end, _PROMPT_LOGPROBS_CHUNK):  # bounds the [tokens, vocab] logits
