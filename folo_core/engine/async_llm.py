@@ -30,9 +30,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
+from folo_core.config import ModelConfig
 from folo_core.engine.errors import EngineDeadError, EngineStepError
 from folo_core.engine.llm_engine import EngineStats, LLMEngine
-from folo_core.config import ModelConfig
 from folo_core.engine.processor import ProcessedRequest, Processor, PromptType
 from folo_core.engine.stats import IterationStats, RequestStats, StatLoggerBase
 from folo_core.logger import init_logger

@@ -156,8 +156,7 @@ class OutputProcessor:
             if state.detokenizer is not None:
                 # Ended by a stop token (EOS, stop_token_ids), whose text is left out; a grammar
                 # that completes ends on a content token.
-                stop_terminated = (out.finish_reason == "stop" and not isinstance(out.stop_reason, str)
-                                   and bool(out.new_token_ids)
+                stop_terminated = (out.finish_reason == "stop" and bool(out.new_token_ids)
                                    and out.new_token_ids[-1] in state.params.all_stop_token_ids)
                 stop_string = state.detokenizer.update(out.new_token_ids, stop_terminated)
                 if stop_string is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,30 +25,26 @@ from folo_core.structured_output.bitmask import allocate_token_bitmask
 logger = init_logger(__name__)
 
 
+@dataclass
 class StructuredOutputRequest:
-    """A request's grammar, compiling or compiled."""
+    """A request's grammar, compiling (``future``) or compiled."""
 
-    def __init__(self, backend: str, future: Future[StructuredOutputGrammar]) -> None:
-        self.backend = backend
-        self._future = future
+    backend: str
+    future: Future[StructuredOutputGrammar]
 
     @property
     def ready(self) -> bool:
-        return self._future.done()
-
-    @property
-    def future(self) -> Future[StructuredOutputGrammar]:
-        return self._future
+        return self.future.done()
 
     @property
     def error(self) -> str | None:
         """The compiler's message, if compiling failed (only once ``ready``)."""
-        exc = self._future.exception()
+        exc = self.future.exception()
         return None if exc is None else f"cannot compile the {self.backend} grammar: {exc}"
 
     @property
     def grammar(self) -> StructuredOutputGrammar:
-        return self._future.result()
+        return self.future.result()
 
 
 class StructuredOutputManager:

@@ -22,10 +22,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from folo_core import __version__
 from folo_core.config import ConfigError, EngineConfig
-from folo_core.entrypoints.cli import DEFAULT_MAX_REQUEST_BODY_BYTES
 from folo_core.default_model import DEFAULT_MODEL_NAME
 from folo_core.engine.async_llm import AsyncLLM
 from folo_core.engine.llm_engine import LLMEngine
+from folo_core.entrypoints.cli import DEFAULT_MAX_REQUEST_BODY_BYTES
 from folo_core.entrypoints.openai.errors import (OpenAIError, from_http_status, from_validation_error,
                                                  internal_error, request_too_large, unauthorized)
 from folo_core.entrypoints.openai.metrics import PrometheusStatLogger
@@ -184,14 +184,14 @@ class _Server(uvicorn.Server):
 
 def run_server(args: argparse.Namespace) -> int:
     """Load the engine (errors surface before the port is bound), then serve until interrupted."""
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        raise ConfigError("--enable-auto-tool-choice needs --tool-call-parser (e.g. hermes, llama3_json)")
     config = EngineConfig.from_cli_args(args)
     engine = LLMEngine(config)
     if engine.get_tokenizer() is None:
         raise ConfigError("folo serve needs a tokenizer; drop --skip-tokenizer-init")
     model_name = args.served_model_name or config.model.model or DEFAULT_MODEL_NAME
     metrics = PrometheusStatLogger(model_name)
-    if args.enable_auto_tool_choice and not args.tool_call_parser:
-        raise ConfigError("--enable-auto-tool-choice needs --tool-call-parser (e.g. hermes, llama3_json)")
     tool_parser = None
     if args.tool_call_parser:
         tool_parser = get_plugin_manager().registry("tool_parser").get(args.tool_call_parser).impl(
