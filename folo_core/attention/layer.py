@@ -7,6 +7,7 @@ from torch import nn
 
 from folo_core.attention.backend import AttentionBackend
 from folo_core.forward_context import get_forward_context
+from folo_core.kernels.ops import define_op
 
 
 class Attention(nn.Module):
@@ -62,8 +63,7 @@ class Attention(nn.Module):
         return x if x.dim() == 3 else x.view(x.shape[0], num_heads, self.head_size)
 
 
-@torch.library.custom_op("folo::unified_attention", mutates_args=())
-def unified_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer_name: str) -> torch.Tensor:
+def _unified_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer_name: str) -> torch.Tensor:
     """The attention layer ``layer_name`` of the model running this step (vLLM's op of the same name).
 
     It writes the layer's KV cache, which is not an argument: the cache is the
@@ -73,6 +73,9 @@ def unified_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     return get_forward_context().attn_layers[layer_name].forward_eager(query, key, value)
 
 
-@unified_attention.register_fake
-def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer_name: str) -> torch.Tensor:
+def _fake_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer_name: str) -> torch.Tensor:
     return query.new_empty(query.shape[0], query.shape[1:].numel())
+
+
+unified_attention = define_op("unified_attention(Tensor query, Tensor key, Tensor value, str layer_name) -> Tensor",
+                              _unified_attention, _fake_attention)

@@ -1,1 +1,1 @@
-"""Compute kernels the core's default methods run on (CPU linears)."""
+"""Compute kernels the core runs on: CPU linears, the graph-opaque ops, C++ op builds."""

@@ -17,6 +17,8 @@ import functools
 
 import torch
 
+from folo_core.kernels.ops import define_op
+
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -49,12 +51,10 @@ def packed_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tens
     return _linear(x, packed_weight, bias)
 
 
-@torch.library.custom_op("folo::mkldnn_linear", mutates_args=())
-def mkldnn_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``_linear`` as an op a compiled graph can hold (it cannot take the opaque weight itself)."""
-    return _linear(x, packed_weight, bias)
-
-
-@mkldnn_linear.register_fake
-def _(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _fake_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return x.new_empty(x.shape[0], packed_weight.shape[0])
+
+
+# ``_linear`` as an op a compiled graph can hold (it cannot take the opaque weight itself).
+mkldnn_linear = define_op("mkldnn_linear(Tensor x, Tensor packed_weight, Tensor? bias) -> Tensor",
+                          _linear, _fake_linear)
