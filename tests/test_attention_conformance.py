@@ -70,6 +70,8 @@ class _DefaultScaleBackend(NaiveAttentionBackend):
 class _UnmaskedDecodeBuilder(PagedSDPAMetadataBuilder):
     """Lets decode rows attend every slot of their blocks, including garbage past the sequence."""
 
+    use_cpu_kernel = False  # the SDPA buckets, whose masks this breaks
+
     def build(self, common):
         md = super().build(common)
         for bucket in md.decode_buckets:

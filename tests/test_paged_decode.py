@@ -1,4 +1,4 @@
-"""The paged backend's decode path: length buckets and the compiled kernel must not change results."""
+"""The paged backend's decode path: the C++ kernel and the SDPA buckets must not change results."""
 
 from __future__ import annotations
 
@@ -7,9 +7,18 @@ import torch
 from folo_core import LLM, SamplingParams
 from folo_core.attention.backend import CommonAttentionMetadata
 from folo_core.testing import AttentionBackendConformance
-from folo_plugins.paged.attention import PagedSDPABackend, PagedSDPAMetadataBuilder
-from folo_plugins.paged.decode_kernel import CompiledDecode
+from folo_plugins.paged.attention import PagedSDPABackend, PagedSDPAMetadataBuilder, cpu_decode_kernel_available
 from helpers import random_prompts
+
+
+class _SDPABuilder(PagedSDPAMetadataBuilder):
+    use_cpu_kernel = False  # the fallback for machines without a C++ compiler
+
+
+class _SDPABackend(PagedSDPABackend):
+    @staticmethod
+    def get_builder_cls():
+        return _SDPABuilder
 
 
 def test_buckets_cover_every_decode_once_sorted_by_length():
@@ -19,7 +28,7 @@ def test_buckets_cover_every_decode_once_sorted_by_length():
         seq_lens=lens, seq_lens_cpu=lens, num_computed_tokens_cpu=lens - 1,
         block_table=torch.arange(40 * 13, dtype=torch.int32).view(40, 13), slot_mapping=torch.zeros(40, dtype=torch.long),
         num_reqs=40, num_actual_tokens=40, max_query_len=1, max_seq_len=int(lens.max()), block_size=16)
-    md = PagedSDPAMetadataBuilder(PagedSDPABackend, torch.device("cpu")).build(common)
+    md = _SDPABuilder(PagedSDPABackend, torch.device("cpu")).build(common)
     assert 1 < len(md.decode_buckets) <= 4  # lengths that spread: split, up to 4 calls
     covered = torch.cat([b.token_idx for b in md.decode_buckets])
     assert sorted(covered.tolist()) == list(range(40))
@@ -39,7 +48,7 @@ def test_alike_lengths_share_one_bucket_in_batch_order():
         seq_lens=lens, seq_lens_cpu=lens, num_computed_tokens_cpu=lens - 1,
         block_table=torch.arange(n * 14, dtype=torch.int32).view(n, 14), slot_mapping=torch.zeros(n, dtype=torch.long),
         num_reqs=n, num_actual_tokens=n, max_query_len=1, max_seq_len=int(lens.max()), block_size=16)
-    md = PagedSDPAMetadataBuilder(PagedSDPABackend, torch.device("cpu")).build(common)
+    md = _SDPABuilder(PagedSDPABackend, torch.device("cpu")).build(common)
     assert len(md.decode_buckets) == 1 and md.decode_buckets[0].token_idx is None
     assert md.decode_buckets[0].mask.sum() == lens.sum()
 
@@ -54,55 +63,46 @@ def test_many_decodes_match_the_reference_backend(tiny_model_dir):
     assert [o.outputs[0].token_ids for o in paged.generate(prompts, params, use_tqdm=False)] == expected
 
 
-class _AlwaysCompiledBuilder(PagedSDPAMetadataBuilder):
-    compiled_decode_min_tokens = 0  # every decode bucket through the compiled kernel
+class TestSDPAFallbackConformance(AttentionBackendConformance):
+    """The SDPA decode buckets (where the C++ kernel cannot be built) pass the kit on their own."""
+
+    backend = _SDPABackend
 
 
-class _AlwaysCompiledBackend(PagedSDPABackend):
-    @staticmethod
-    def get_builder_cls():
-        return _AlwaysCompiledBuilder
-
-
-class TestCompiledDecodeConformance(AttentionBackendConformance):
-    """The compiled decode kernel (used for large buckets) passes the kit on its own."""
-
-    backend = _AlwaysCompiledBackend
-
-
-def test_compiled_kernel_is_used_and_reads_only_each_request_tokens():
+def test_cpu_kernel_reads_only_each_request_tokens():
     """Garbage (NaN) outside each request's tokens must not reach its output."""
+    assert cpu_decode_kernel_available()  # a C++ compiler is part of the supported CPU setup
     torch.manual_seed(0)
     key_cache = torch.full((12, 4, 2, 8), float("nan"))
     value_cache = torch.full((12, 4, 2, 8), float("nan"))
-    block_table = torch.tensor([[3, 5, 0], [7, 0, 0]])
-    seq_lens = torch.tensor([6, 3])
+    block_table = torch.tensor([[3, 5, 0], [7, 0, 0]], dtype=torch.int32)
+    seq_lens = torch.tensor([6, 3], dtype=torch.int32)
     for row, n in enumerate(seq_lens.tolist()):
         for pos in range(n):
             block, offset = block_table[row, pos // 4], pos % 4
             key_cache[block, offset] = torch.randn(2, 8)
             value_cache[block, offset] = torch.randn(2, 8)
-    q = torch.randn(2, 2, 3, 8)
-    out = CompiledDecode.run(q, key_cache, value_cache, block_table, seq_lens, 0.3)
-    assert out is not None and not CompiledDecode._failed
+    q = torch.randn(2, 6, 8)  # 6 query heads over 2 KV heads
+    out = torch.ops.folo_cpu.paged_decode_attention(q, key_cache, value_cache, block_table, seq_lens, 0.3)
     for row, n in enumerate(seq_lens.tolist()):
         slots = torch.tensor([int(block_table[row, p // 4]) * 4 + p % 4 for p in range(n)])
         k = key_cache.view(-1, 2, 8)[slots]  # [n, KH, D]
         v = value_cache.view(-1, 2, 8)[slots]
-        scores = torch.einsum("hgd,nhd->hgn", q[row], k) * 0.3
-        expected = torch.einsum("hgn,nhd->hgd", scores.softmax(-1), v)
+        scores = torch.einsum("hgd,nhd->hgn", q[row].view(2, 3, 8), k) * 0.3
+        expected = torch.einsum("hgn,nhd->hgd", scores.softmax(-1), v).reshape(6, 8)
         torch.testing.assert_close(out[row], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_enforce_eager_keeps_every_bucket_on_sdpa():
+def test_decodes_take_one_kernel_call_unless_disabled():
     n = 64
-    lens = torch.full((n,), 300, dtype=torch.int32)
+    lens = torch.randint(1, 300, (n,), dtype=torch.int32)
     common = CommonAttentionMetadata(
         query_start_loc=torch.arange(n + 1, dtype=torch.int32), query_start_loc_cpu=torch.arange(n + 1, dtype=torch.int32),
         seq_lens=lens, seq_lens_cpu=lens, num_computed_tokens_cpu=lens - 1,
         block_table=torch.zeros(n, 19, dtype=torch.int32), slot_mapping=torch.zeros(n, dtype=torch.long),
         num_reqs=n, num_actual_tokens=n, max_query_len=1, max_seq_len=300, block_size=16)
-    eager = PagedSDPAMetadataBuilder(PagedSDPABackend, torch.device("cpu"), enforce_eager=True).build(common)
     default = PagedSDPAMetadataBuilder(PagedSDPABackend, torch.device("cpu")).build(common)
-    assert not any(b.compiled for b in eager.decode_buckets)
-    assert all(b.compiled for b in default.decode_buckets)  # 64 requests x 300 tokens >= 1024
+    fallback = _SDPABuilder(PagedSDPABackend, torch.device("cpu")).build(common)
+    assert len(default.decode_buckets) == 1 and default.decode_buckets[0].kernel
+    assert default.decode_buckets[0].token_idx is None and default.decode_buckets[0].slots is None
+    assert len(fallback.decode_buckets) > 1 and not any(b.kernel for b in fallback.decode_buckets)

@@ -1,17 +1,21 @@
-"""Paged attention for CPU on ``scaled_dot_product_attention``.
+"""Paged attention for CPU: a C++ decode kernel, ``scaled_dot_product_attention`` for prefill.
 
-Decode tokens are attended in buckets of requests with similar context lengths
-(padding is memory traffic, and decode attention on CPU is bound by it): large
-buckets through the compiled kernel of ``decode_kernel.py``, which reads the
-cache once through the block table, small ones through SDPA over the gathered
-slots of their context, where a kernel call would cost more than it saves; prefill
-chunks (which may continue after cached tokens) run one SDPA call each with a bottom-right causal mask. The
-split is computed once per step by the metadata builder.
+Decode tokens (one query per request) go to ``folo_cpu::paged_decode_attention``
+(``csrc/paged_attention.cpp``, built for this CPU on first use), which reads
+each request's keys and values once, through the block table, with no gathered
+copy and no padding: one call per layer for every decoding request. Where it
+cannot be built (no C++ compiler), decodes are attended by SDPA in buckets of
+requests with similar context lengths over their gathered slots (padding is
+memory traffic, and decode attention on CPU is bound by it). Prefill chunks
+(which may continue after cached tokens) run one SDPA call each with a
+bottom-right causal mask. The split is computed once per step by the metadata
+builder.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +28,15 @@ from folo_core.attention.backend import (
     CommonAttentionMetadata,
 )
 from folo_core.attention.ops import gather_kv, write_to_kv_cache
+from folo_core.kernels.cpp_build import load_cpp_ops
 from folo_core.utils import cdiv
-from folo_plugins.paged.decode_kernel import CompiledDecode
+
+_KERNEL_SOURCE = Path(__file__).parent / "csrc" / "paged_attention.cpp"
+
+
+def cpu_decode_kernel_available() -> bool:
+    """Whether ``folo_cpu::paged_decode_attention`` is built and loaded (built on first call)."""
+    return load_cpp_ops(_KERNEL_SOURCE)
 
 
 @dataclass
@@ -33,13 +44,13 @@ class DecodeBucket:
     """Decode requests of similar length, attended in one call."""
 
     token_idx: torch.Tensor | None  # [n] positions in the flat batch; None: every token, in order
-    block_table: torch.Tensor  # [n, max_blocks] their block tables (contiguous), for the compiled kernel
-    seq_lens: torch.Tensor  # [n]
+    block_table: torch.Tensor  # int32 [n, max_blocks] their block tables (contiguous), for the kernel
+    seq_lens: torch.Tensor  # int32 [n]
+    kernel: bool  # through the C++ kernel; else SDPA over the gathered slots below
     # For SDPA: the cache slot of each request's context token, [n * L], padded past a request's
     # length with its own first slot (written, so finite), and the mask that hides the padding.
-    slots: torch.Tensor
-    mask: torch.Tensor | None  # [n, 1, 1, L], True = attend; None: one request, no padding
-    compiled: bool  # through the compiled kernel (else SDPA over gathered slots)
+    slots: torch.Tensor | None = None
+    mask: torch.Tensor | None = None  # [n, 1, 1, L], True = attend; None: one request, no padding
 
 
 @dataclass
@@ -50,6 +61,7 @@ class PagedSDPAMetadata:
     prefills: list[tuple[int, int, int, int]]
 
 
+# The SDPA fallback's buckets.
 _MIN_BUCKET = 8  # requests; below this, a call's fixed cost outweighs the padding it saves
 _MAX_BUCKETS = 4
 # What one more attention call costs per layer, in padded context tokens (about 100 us of
@@ -69,23 +81,22 @@ def num_decode_buckets(sorted_lens: torch.Tensor) -> int:
 
 
 class PagedSDPAMetadataBuilder(AttentionMetadataBuilder):
-    # Buckets with at least this many (padded) context tokens use the compiled kernel: from
-    # about 8 requests of 144 tokens it beats gather + SDPA (2-core AVX512 EPYC, SmolLM2).
-    compiled_decode_min_tokens = 1024
+    use_cpu_kernel = True  # False: SDPA buckets even where the C++ kernel builds (tests, comparisons)
 
     def build(self, common: CommonAttentionMetadata) -> PagedSDPAMetadata:
         starts = common.query_start_loc_cpu
         seq_lens = common.seq_lens_cpu
         is_decode = (starts[1:] - starts[:-1]) == 1
         decode_rows = torch.nonzero(is_decode).flatten()
+        kernel = self.use_cpu_kernel and self.device.type == "cpu" and cpu_decode_kernel_available()
         num_buckets = 1
-        if len(decode_rows) >= 2 * _MIN_BUCKET:
+        if not kernel and len(decode_rows) >= 2 * _MIN_BUCKET:
             lens, order = seq_lens[decode_rows].sort()
             num_buckets = num_decode_buckets(lens)
             if num_buckets > 1:
                 decode_rows = decode_rows[order]
         all_in_order = num_buckets == 1 and len(decode_rows) == common.num_reqs
-        buckets = [self._bucket(common, rows, all_in_order)
+        buckets = [self._bucket(common, rows, all_in_order, kernel)
                    for rows in decode_rows.tensor_split(num_buckets) if len(rows)]
         prefills = [
             (i, int(starts[i]), int(starts[i + 1]), int(seq_lens[i]))
@@ -93,28 +104,28 @@ class PagedSDPAMetadataBuilder(AttentionMetadataBuilder):
         ]
         return PagedSDPAMetadata(common=common, decode_buckets=buckets, prefills=prefills)
 
-    def _bucket(self, common: CommonAttentionMetadata, rows: torch.Tensor, all_in_order: bool) -> DecodeBucket:
+    def _bucket(self, common: CommonAttentionMetadata, rows: torch.Tensor, all_in_order: bool,
+                kernel: bool) -> DecodeBucket:
         """``all_in_order``: the bucket is the whole step, so its tokens need no gather or scatter."""
         lens = common.seq_lens_cpu[rows]
         max_len = int(lens.max())
         block_size = common.block_size
         device_rows = rows.to(common.block_table.device)
-        block_table = common.block_table[device_rows, :cdiv(max_len, block_size)].to(torch.long)
+        block_table = common.block_table[device_rows, :cdiv(max_len, block_size)]
+        bucket = DecodeBucket(
+            token_idx=None if all_in_order else common.query_start_loc_cpu[rows].to(self.device, torch.long),
+            block_table=block_table.contiguous(), seq_lens=common.seq_lens[device_rows], kernel=kernel)
+        if kernel:
+            return bucket
+        block_table = block_table.to(torch.long)
         positions = torch.arange(max_len, device=block_table.device)
         slots = block_table[:, positions // block_size] * block_size + positions % block_size  # [n, L]
-        mask = None
         if len(rows) > 1:
             valid = positions[None, :] < lens.to(block_table.device)[:, None]
             slots = torch.where(valid, slots, slots[:, :1])
-            mask = valid[:, None, None, :].to(self.device)
-        return DecodeBucket(
-            token_idx=None if all_in_order else common.query_start_loc_cpu[rows].to(self.device, torch.long),
-            block_table=block_table.contiguous(),
-            seq_lens=common.seq_lens[device_rows],
-            slots=slots.view(-1).to(self.device),
-            mask=mask,
-            compiled=not self.enforce_eager and len(rows) * max_len >= self.compiled_decode_min_tokens,
-        )
+            bucket.mask = valid[:, None, None, :].to(self.device)
+        bucket.slots = slots.view(-1).to(self.device)
+        return bucket
 
 
 class PagedSDPAImpl(AttentionImpl):
@@ -142,21 +153,19 @@ class PagedSDPAImpl(AttentionImpl):
         return out
 
     def _decode(self, q: torch.Tensor, kv_cache: torch.Tensor, bucket: DecodeBucket) -> torch.Tensor:
+        if bucket.kernel:
+            key_cache, value_cache = PagedSDPABackend.split_kv_cache(kv_cache)
+            out = torch.ops.folo_cpu.paged_decode_attention(q.to(key_cache.dtype), key_cache, value_cache,
+                                                            bucket.block_table, bucket.seq_lens, self.scale)
+            return out.to(q.dtype)
         num = q.shape[0]
         # One query token per request: fold the GQA group into the query-length axis.
         q = q.reshape(num, self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_size)
-        o = None
-        if bucket.compiled:
-            key_cache, value_cache = PagedSDPABackend.split_kv_cache(kv_cache)
-            # Contiguous: a strided view and a gathered copy would otherwise compile twice.
-            o = CompiledDecode.run(q.contiguous(), key_cache, value_cache, bucket.block_table, bucket.seq_lens,
-                                   self.scale)
-        if o is None:
-            # Keys and values of exactly the slots needed, in one index_select over the default
-            # [2, slots, ...] view of the layout; no stale slot (possibly NaN) is ever read.
-            kv = kv_cache.view(2, -1, self.num_kv_heads, self.head_size).index_select(1, bucket.slots)
-            k, v = kv.view(2, num, -1, self.num_kv_heads, self.head_size).transpose(2, 3).unbind(0)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=bucket.mask, scale=self.scale)
+        # Keys and values of exactly the slots needed, in one index_select over the default
+        # [2, slots, ...] view of the layout; no stale slot (possibly NaN) is ever read.
+        kv = kv_cache.view(2, -1, self.num_kv_heads, self.head_size).index_select(1, bucket.slots)
+        k, v = kv.view(2, num, -1, self.num_kv_heads, self.head_size).transpose(2, 3).unbind(0)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bucket.mask, scale=self.scale)
         return o.view(num, self.num_heads, self.head_size)
 
 
