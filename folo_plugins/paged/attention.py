@@ -1,9 +1,10 @@
 """Paged attention for CPU: a C++ decode kernel, ``scaled_dot_product_attention`` for prefill.
 
-Decode tokens (one query per request) go to ``folo_cpu::paged_decode_attention``
-(``csrc/paged_attention.cpp``, built for this CPU on first use), which reads
-each request's keys and values once, through the block table, with no gathered
-copy and no padding: one call per layer for every decoding request. Where it
+Decode tokens go to ``folo_cpu::paged_decode_attention`` (``csrc/paged_attention.cpp``,
+built for this CPU on first use), which reads each request's keys and values
+once, through the block table, with no gathered copy and no padding: one call
+per layer for every decoding request. Short query chunks (a request verifying
+draft tokens) go there too, one kernel row per token over the context up to it. Where it
 cannot be built (no C++ compiler), decodes are attended by SDPA in buckets of
 requests with similar context lengths over their gathered slots (padding is
 memory traffic, and decode attention on CPU is bound by it). Prefill chunks
@@ -61,6 +62,10 @@ class PagedSDPAMetadata:
     prefills: list[tuple[int, int, int, int]]
 
 
+# Requests with at most this many query tokens (a decode, or one verifying draft tokens) go
+# to the C++ kernel one token at a time, each over the context up to its own position; longer
+# chunks are prefill, where one SDPA call's matmuls beat per-token dot products.
+_KERNEL_MAX_QUERY = 16
 # The SDPA fallback's buckets.
 _MIN_BUCKET = 8  # requests; below this, a call's fixed cost outweighs the padding it saves
 _MAX_BUCKETS = 4
@@ -86,9 +91,10 @@ class PagedSDPAMetadataBuilder(AttentionMetadataBuilder):
     def build(self, common: CommonAttentionMetadata) -> PagedSDPAMetadata:
         starts = common.query_start_loc_cpu
         seq_lens = common.seq_lens_cpu
-        is_decode = (starts[1:] - starts[:-1]) == 1
-        decode_rows = torch.nonzero(is_decode).flatten()
         kernel = self.use_cpu_kernel and self.device.type == "cpu" and cpu_decode_kernel_available()
+        q_lens = starts[1:] - starts[:-1]
+        is_decode = q_lens <= _KERNEL_MAX_QUERY if kernel else q_lens == 1
+        decode_rows = torch.nonzero(is_decode).flatten()
         num_buckets = 1
         if not kernel and len(decode_rows) >= 2 * _MIN_BUCKET:
             lens, order = seq_lens[decode_rows].sort()
@@ -96,28 +102,44 @@ class PagedSDPAMetadataBuilder(AttentionMetadataBuilder):
             if num_buckets > 1:
                 decode_rows = decode_rows[order]
         all_in_order = num_buckets == 1 and len(decode_rows) == common.num_reqs
-        buckets = [self._bucket(common, rows, all_in_order, kernel)
-                   for rows in decode_rows.tensor_split(num_buckets) if len(rows)]
+        if kernel:
+            buckets = [self._kernel_bucket(common, decode_rows, q_lens, all_in_order)] if len(decode_rows) else []
+        else:
+            buckets = [self._bucket(common, rows, all_in_order)
+                       for rows in decode_rows.tensor_split(num_buckets) if len(rows)]
         prefills = [
             (i, int(starts[i]), int(starts[i + 1]), int(seq_lens[i]))
             for i in torch.nonzero(~is_decode).flatten().tolist()
         ]
         return PagedSDPAMetadata(common=common, decode_buckets=buckets, prefills=prefills)
 
-    def _bucket(self, common: CommonAttentionMetadata, rows: torch.Tensor, all_in_order: bool,
-                kernel: bool) -> DecodeBucket:
+    def _kernel_bucket(self, common: CommonAttentionMetadata, rows: torch.Tensor, q_lens: torch.Tensor,
+                       all_in_order: bool) -> DecodeBucket:
+        """Every query token of ``rows`` as one kernel row: its request's block table, and the
+        context up to and including its own position (causal within a short query chunk)."""
+        row_q = q_lens[rows]
+        token_rows = rows.repeat_interleave(row_q)
+        offsets = torch.arange(len(token_rows)) - (row_q.cumsum(0) - row_q).repeat_interleave(row_q)
+        seq_lens = common.seq_lens_cpu[token_rows] - (q_lens[token_rows] - 1 - offsets)
+        blocks = cdiv(int(common.seq_lens_cpu[rows].max()), common.block_size)
+        device_rows = token_rows.to(common.block_table.device)
+        token_idx = common.query_start_loc_cpu[token_rows] + offsets
+        return DecodeBucket(
+            token_idx=None if all_in_order else token_idx.to(self.device, torch.long),
+            block_table=common.block_table[device_rows, :blocks].contiguous(),
+            seq_lens=seq_lens.to(self.device, torch.int32), kernel=True)
+
+    def _bucket(self, common: CommonAttentionMetadata, rows: torch.Tensor, all_in_order: bool) -> DecodeBucket:
         """``all_in_order``: the bucket is the whole step, so its tokens need no gather or scatter."""
         lens = common.seq_lens_cpu[rows]
         max_len = int(lens.max())
         block_size = common.block_size
         device_rows = rows.to(common.block_table.device)
-        block_table = common.block_table[device_rows, :cdiv(max_len, block_size)]
         bucket = DecodeBucket(
             token_idx=None if all_in_order else common.query_start_loc_cpu[rows].to(self.device, torch.long),
-            block_table=block_table.contiguous(), seq_lens=common.seq_lens[device_rows], kernel=kernel)
-        if kernel:
-            return bucket
-        block_table = block_table.to(torch.long)
+            block_table=common.block_table[device_rows, :cdiv(max_len, block_size)].contiguous(),
+            seq_lens=common.seq_lens[device_rows], kernel=False)
+        block_table = bucket.block_table.to(torch.long)
         positions = torch.arange(max_len, device=block_table.device)
         slots = block_table[:, positions // block_size] * block_size + positions % block_size  # [n, L]
         if len(rows) > 1:
