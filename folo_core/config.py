@@ -106,6 +106,31 @@ class CacheConfig(_Section):
     kv_cache_manager: str = Field("auto", description="KV-cache manager plugin name.")
 
 
+class SpeculativeConfig(BaseModel):
+    """Speculative decoding (vLLM's ``speculative_config``): a proposer drafts tokens, one
+    forward verifies them. Given as a dict keyword, a JSON ``--speculative-config`` or a
+    table in the config file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field("ngram", description="Proposer plugin name.")
+    num_speculative_tokens: int = Field(gt=0, le=32, description="Most draft tokens per request and step.")
+    prompt_lookup_max: int | None = Field(None, gt=0, description="ngram: longest suffix matched (default 5, or prompt_lookup_min).")
+    prompt_lookup_min: int | None = Field(None, gt=0, description="ngram: shortest suffix matched (default 2, or prompt_lookup_max).")
+    disable_by_batch_size: int | None = Field(None, gt=0, description="No drafts in a step with at least this many requests.")
+
+    @model_validator(mode="after")
+    def _lookup_window(self) -> "SpeculativeConfig":
+        if self.prompt_lookup_max is None:
+            self.prompt_lookup_max = max(5, self.prompt_lookup_min or 0)
+        if self.prompt_lookup_min is None:
+            self.prompt_lookup_min = min(2, self.prompt_lookup_max)
+        if self.prompt_lookup_min > self.prompt_lookup_max:
+            raise ValueError(f"prompt_lookup_min ({self.prompt_lookup_min}) is above prompt_lookup_max "
+                             f"({self.prompt_lookup_max})")
+        return self
+
+
 class SchedulerConfig(_Section):
     """Continuous batching: token budget per step, concurrency, chunked prefill, policy."""
 
@@ -118,6 +143,17 @@ class SchedulerConfig(_Section):
     long_prefill_token_threshold: int = Field(0, ge=0, description="Cap on one request's prefill tokens per step (0 = no cap).")
     scheduling_policy: Literal["fcfs", "priority"] = Field("fcfs", description="fcfs, or priority (lower value first).")
     max_waiting_requests: int | None = Field(None, gt=0, description="Reject new requests while this many wait (server overload guard).")
+    speculative_config: SpeculativeConfig | None = Field(None, description='Speculative decoding, e.g. \'{"method": "ngram", "num_speculative_tokens": 4}\' (JSON on the command line).')
+
+    @field_validator("speculative_config", mode="before")
+    @classmethod
+    def _parse_json(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the CLI flag
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"speculative_config is not valid JSON: {exc}") from None
+        return value
 
 
 class ParallelConfig(_Section):

@@ -55,6 +55,11 @@ def register_tool_parsers(register: Register) -> None:
 
 
 @hookspec
+def register_proposers(register: Register) -> None:
+    """Register speculative-decoding ``Proposer`` subclasses by name (``speculative_config["method"]``)."""
+
+
+@hookspec
 def register_models(register: Register) -> None:
     """Register model loaders by HF architecture name (``config.json`` ``architectures``)."""
 
@@ -65,7 +70,8 @@ class PluginKind:
 
     ``config_field`` is ``section.field`` of ``EngineConfig`` (None: picked otherwise, a
     model by the checkpoint's architecture, a quantizer by its quantization config, a
-    tool parser by ``folo serve --tool-call-parser``). ``per_engine`` kinds are resolved
+    tool parser by ``folo serve --tool-call-parser``, a proposer by
+    ``speculative_config["method"]``). ``per_engine`` kinds are resolved
     once when the engine starts; a structured-output backend is picked per request.
     """
 
@@ -95,6 +101,7 @@ PLUGIN_KINDS: tuple[PluginKind, ...] = (
     PluginKind("structured_output_backend", "register_structured_output_backends",
                "folo_core.structured_output.backend.StructuredOutputBackend", "model.structured_outputs_backend"),
     PluginKind("tool_parser", "register_tool_parsers", "folo_core.tool_parsers.interface.ToolParser"),
+    PluginKind("proposer", "register_proposers", "folo_core.spec_decode.proposer.Proposer"),
 )
 """Every plugin kind, in one place: one registry is built per kind."""
 

@@ -74,6 +74,7 @@ class Request:
         self.structured_output_request: StructuredOutputRequest | None = None
         # With prompt_logprobs: entries for prompt tokens 1.. so far (sent with the first output).
         self.prompt_logprobs: list = []
+        self.spec_token_ids: list[int] = []  # drafts proposed for the next step
 
     @property
     def num_prompt_tokens(self) -> int:

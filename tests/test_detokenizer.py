@@ -19,7 +19,7 @@ def stream(tokenizer, text: str, params: SamplingParams, delta: bool = True):
     detok = IncrementalDetokenizer(tokenizer, tokenizer.encode("Say:"), params)
     chunks, stop = [], None
     for token_id in tokenizer.encode(text):
-        stop = detok.update([token_id], stop_terminated=False)
+        stop, _ = detok.update([token_id], stop_terminated=False)
         chunks.append(detok.get_next_output_text(finished=stop is not None, delta=delta))
         if stop:
             break
@@ -55,3 +55,13 @@ def test_cumulative_output(tokenizer):
     chunks, _, final = stream(tokenizer, "one two three", SamplingParams(), delta=False)
     assert chunks[-1] == final == "one two three"
     assert all(final.startswith(c) for c in chunks)
+
+
+def test_several_tokens_at_once_stop_at_the_one_that_completes_the_stop_string(tokenizer):
+    """A step that keeps draft tokens brings several: those after the stop string are not output."""
+    params = SamplingParams(stop=["world"])
+    detok = IncrementalDetokenizer(tokenizer, tokenizer.encode("Say:"), params)
+    ids = tokenizer.encode(" hello world and more words")
+    stop, used = detok.update(ids, stop_terminated=False)
+    assert stop == "world" and detok.output_text == " hello "
+    assert tokenizer.decode(ids[:used]).endswith("world") and used < len(ids)

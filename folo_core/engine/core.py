@@ -32,8 +32,9 @@ class EngineCore:
         attn_entry, kv_entry, quant_config = picks.attention_backend, picks.kv_cache_manager, picks.quant_config
         enable_caching = picks.enable_prefix_caching
 
+        proposer = picks.proposer.impl(config.scheduler.speculative_config) if picks.proposer else None
         self.model_runner = ModelRunner(config, attn_entry.impl, picks.sampler.impl(), picks.model.impl,
-                                        quant_config)
+                                        quant_config, proposer)
         self.num_blocks = self.model_runner.determine_num_blocks()
         self.model_runner.initialize_kv_cache(self.num_blocks)
         extra_key = f"{config.model.model}|{config.model.dtype}|{quant_config.hash_key() if quant_config else ''}"

@@ -26,21 +26,24 @@ class IncrementalDetokenizer:
         self.output_text = ""
         self._sent = 0
 
-    def update(self, new_token_ids: list[int], stop_terminated: bool) -> str | None:
-        """Decode new tokens; returns the stop string that ended the text, if one did.
+    def update(self, new_token_ids: list[int], stop_terminated: bool) -> tuple[str | None, int]:
+        """Decode new tokens; returns the stop string that ended the text, if one did, and how
+        many of the tokens were used: a step may bring several (kept draft tokens), and those
+        after the one that completed a stop string are not part of the output.
 
         ``stop_terminated``: the last token is an EOS/stop token and is not shown.
         """
-        if stop_terminated and not self.include_stop:
-            new_token_ids = new_token_ids[:-1]
-        before = len(self.output_text)
-        for token_id in new_token_ids:
+        shown = new_token_ids[:-1] if stop_terminated and not self.include_stop else new_token_ids
+        for used, token_id in enumerate(shown, start=1):
             piece = self.stream.step(self.backend, token_id)
-            if piece:
-                self.output_text += piece
-        if not self.stop or len(self.output_text) == before:
-            return None
-        return self._check_stop_strings(len(self.output_text) - before)
+            if not piece:
+                continue
+            self.output_text += piece
+            if self.stop:
+                stop = self._check_stop_strings(len(piece))
+                if stop is not None:
+                    return stop, used
+        return None, len(new_token_ids)
 
     def _check_stop_strings(self, new_chars: int) -> str | None:
         for stop in self.stop:

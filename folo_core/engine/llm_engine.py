@@ -16,6 +16,7 @@ from folo_core.outputs import RequestOutput
 from folo_core.plugins import FoloPluginManager, get_plugin_manager
 from folo_core.quantization import WeightMemory
 from folo_core.sampling_params import SamplingParams
+from folo_core.spec_decode.metrics import SpecDecodingStats
 
 
 @dataclass
@@ -26,6 +27,7 @@ class EngineStats:
     num_blocks: int
     prefix_cache: PrefixCacheStats
     weight_memory: WeightMemory  # what the loaded model's tensors take
+    spec_decoding: SpecDecodingStats  # totals since start; zero without speculative_config
 
 
 class LLMEngine:
@@ -110,4 +112,4 @@ class LLMEngine:
         manager = self.engine_core.kv_cache_manager
         return EngineStats(len(scheduler.running), len(scheduler.waiting), manager.usage,
                            self.engine_core.num_blocks, manager.prefix_cache_stats,
-                           self.engine_core.model_runner.weight_memory)
+                           self.engine_core.model_runner.weight_memory, scheduler.spec_decoding_stats)

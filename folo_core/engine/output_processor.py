@@ -146,23 +146,25 @@ class OutputProcessor:
             if state.metrics.first_token_time is None:
                 state.metrics.first_token_time = now
             state.metrics.last_token_time = now
-            state.output_token_ids.extend(out.new_token_ids)
             state.num_cached_tokens = out.num_cached_tokens
-            if state.logprobs is not None:
-                self._add_logprobs(state, out.new_logprobs)
             if out.prompt_logprobs is not None:
                 state.prompt_logprobs = [None] + [self._position(entry) for entry in out.prompt_logprobs]
             state.finish_reason, state.stop_reason, state.error = out.finish_reason, out.stop_reason, out.error
+            new_token_ids, new_logprobs = out.new_token_ids, out.new_logprobs
             if state.detokenizer is not None:
                 # Ended by a stop token (EOS, stop_token_ids), whose text is left out; a grammar
                 # that completes ends on a content token.
-                stop_terminated = (out.finish_reason == "stop" and bool(out.new_token_ids)
-                                   and out.new_token_ids[-1] in state.params.all_stop_token_ids)
-                stop_string = state.detokenizer.update(out.new_token_ids, stop_terminated)
+                stop_terminated = (out.finish_reason == "stop" and bool(new_token_ids)
+                                   and new_token_ids[-1] in state.params.all_stop_token_ids)
+                stop_string, used = state.detokenizer.update(new_token_ids, stop_terminated)
                 if stop_string is not None:
                     if not out.finished:
                         to_abort.append(out.request_id)
                     state.finish_reason, state.stop_reason = "stop", stop_string
+                    new_token_ids, new_logprobs = new_token_ids[:used], new_logprobs[:used]
+            state.output_token_ids.extend(new_token_ids)
+            if state.logprobs is not None:
+                self._add_logprobs(state, new_logprobs)
             finished = state.finish_reason is not None
             if finished:
                 state.metrics.finished_time = now

@@ -95,6 +95,7 @@ class PluginSelection:
     scheduler: RegistryEntry
     quant_config: QuantizationConfig | None
     enable_prefix_caching: bool
+    proposer: RegistryEntry | None = None  # with speculative_config
 
     def summary(self) -> SelectedPlugins:
         return SelectedPlugins(self.ctx.architecture, self.attention_backend.name, self.sampler.name,
@@ -120,4 +121,16 @@ def select_plugins(config: EngineConfig, plugins: FoloPluginManager) -> PluginSe
     if enable_caching is None:  # on wherever both the KV manager and the backend support it
         enable_caching = kv.impl.supports_prefix_caching and attn.impl.capabilities.prefix_caching
     return PluginSelection(ctx, model, attn, picked["sampler"], kv, picked["scheduler"], quant_config,
-                           bool(enable_caching))
+                           bool(enable_caching), speculative_proposer(config, plugins, picked["sampler"]))
+
+
+def speculative_proposer(config: EngineConfig, plugins: FoloPluginManager,
+                         sampler: RegistryEntry) -> RegistryEntry | None:
+    """The proposer ``speculative_config`` names; the sampler must be able to verify drafts."""
+    spec = config.scheduler.speculative_config
+    if spec is None:
+        return None
+    if not sampler.impl.supports_speculative_decoding():
+        raise PluginSelectionError(f"sampler {sampler.name!r} has no target_probs, so it cannot verify "
+                                   "draft tokens; unset speculative_config or pick another sampler")
+    return plugins.registry("proposer").get(spec.method)

@@ -69,6 +69,11 @@ class KVCacheManager(ABC):
         """Release the request's blocks (finished, aborted or preempted)."""
 
     @abstractmethod
+    def trim(self, request: Request) -> None:
+        """Give back the blocks past the request's ``num_computed_tokens`` (they held slots of
+        draft tokens the target model rejected; no prefix-cache hash covers them)."""
+
+    @abstractmethod
     def get_block_ids(self, request_id: str) -> list[int]:
         ...
 

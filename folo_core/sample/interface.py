@@ -25,3 +25,14 @@ class Sampler(ABC):
     @abstractmethod
     def __call__(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
         """``logits``: float32 [B, vocab] of the rows that sample this step."""
+
+    def target_probs(self, logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
+        """The distribution each row would sample from, float32 [B, vocab]: one-hot at the
+        chosen token for greedy rows. Speculative decoding verifies drafts against it (each
+        row is one draft position, its metadata counting the drafts before it as outputs);
+        a sampler that leaves it out cannot run with ``speculative_config``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot verify draft tokens")
+
+    @classmethod
+    def supports_speculative_decoding(cls) -> bool:
+        return cls.target_probs is not Sampler.target_probs

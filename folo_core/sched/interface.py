@@ -1,7 +1,10 @@
 """The scheduler contract plus the bookkeeping every policy shares.
 
 A policy implements ``schedule()``; adding, finishing, applying the runner's
-output and stop checks are the same for all of them and live here.
+output and stop checks are the same for all of them and live here. A step may
+emit several tokens per request (kept draft tokens, then a drawn one): they are
+appended and stop-checked one at a time, and whatever follows a stop is dropped.
+A policy that schedules draft tokens counts them with ``num_tokens_with_spec``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from folo_core.sched.output import (
     NewRequestData,
     SchedulerOutput,
 )
+from folo_core.spec_decode.metrics import SpecDecodingStats
 
 logger = init_logger(__name__)
 
@@ -70,6 +74,7 @@ class Scheduler(ABC):
         self._preempted_req_ids: set[str] = set()
         self._sent_blocks: dict[str, int] = {}  # block ids the runner has been told about
         self.num_preemptions = 0
+        self.spec_decoding_stats = SpecDecodingStats()
 
     # -- the policy -------------------------------------------------------
 
@@ -78,6 +83,15 @@ class Scheduler(ABC):
         """Pick this step's requests and token counts; allocate their KV slots."""
 
     # -- shared bookkeeping -------------------------------------------------
+
+    @staticmethod
+    def num_tokens_with_spec(request: Request) -> int:
+        """The request's tokens plus the drafts it may verify next: a decoding request's
+        drafts, no more than its remaining output allows (each step emits one token more)."""
+        drafts = request.spec_token_ids
+        if not drafts or request.num_computed_tokens != request.num_tokens - 1:
+            return request.num_tokens
+        return request.num_tokens + max(0, min(len(drafts), request.max_tokens - request.num_output_tokens - 1))
 
     def add_request(self, request: Request) -> None:
         self.requests[request.request_id] = request
@@ -164,6 +178,7 @@ class Scheduler(ABC):
         self.kv_cache_manager.free(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
+        request.spec_token_ids = []
         request.num_preemptions += 1
         self.num_preemptions += 1
         self._sent_blocks.pop(request.request_id, None)
@@ -174,13 +189,17 @@ class Scheduler(ABC):
 
     def _make_output(self, scheduled: list[tuple[Request, int]]) -> SchedulerOutput:
         """Package a decision; ``scheduled`` = (request, tokens) with KV already allocated."""
-        new_reqs, cached_reqs, num_tokens = [], [], {}
+        new_reqs, cached_reqs, num_tokens, spec_tokens = [], [], {}, {}
         for request, n in scheduled:
             req_id = request.request_id
             num_tokens[req_id] = n
+            num_drafts = request.num_computed_tokens + n - request.num_tokens
+            if num_drafts > 0:
+                spec_tokens[req_id] = request.spec_token_ids[:num_drafts]
             if req_id in self._runner_known:
+                new_block_ids = self._new_block_ids(request)
                 cached_reqs.append(CachedRequestData(
-                    req_id, self._new_block_ids(request), request.num_computed_tokens))
+                    req_id, new_block_ids, request.num_computed_tokens, self._sent_blocks[req_id]))
             else:
                 self._runner_known.add(req_id)
                 block_ids = self.kv_cache_manager.get_block_ids(req_id)
@@ -190,7 +209,7 @@ class Scheduler(ABC):
                     request.sampling_params, list(block_ids), request.num_computed_tokens))
         output = SchedulerOutput(
             new_reqs, cached_reqs, num_tokens, sum(num_tokens.values()),
-            self._finished_req_ids, self._preempted_req_ids,
+            self._finished_req_ids, self._preempted_req_ids, scheduled_spec_decode_tokens=spec_tokens,
         )
         self._finished_req_ids, self._preempted_req_ids = set(), set()
         return output
@@ -216,21 +235,41 @@ class Scheduler(ABC):
             if request is None or request.is_finished():
                 continue  # aborted while the step ran, or failed in it
             request.num_computed_tokens += n
-            token = runner_output.sampled_token_ids.get(req_id)
-            if token is None:
+            sampled = runner_output.sampled_token_ids.get(req_id)
+            if not sampled:
                 continue  # mid-prefill: nothing sampled yet
-            request.append_output_token_ids([token])
-            stopped = check_stop(request, token)
-            if not stopped and request.structured_output_request is not None:
-                stopped = advance_grammar(request, token)
-            logprobs = runner_output.logprobs.get(req_id)
-            first = request.num_output_tokens == 1 and request.sampling_params.prompt_logprobs is not None
+            num_drafts = len(scheduler_output.scheduled_spec_decode_tokens.get(req_id, ()))
+            num_rejected = num_drafts + 1 - len(sampled)
+            if num_drafts:
+                request.num_computed_tokens -= num_rejected  # their KV slots hold rejected drafts
+                self.spec_decoding_stats.observe(num_drafts, num_drafts - num_rejected)
+            first = request.num_output_tokens == 0 and request.sampling_params.prompt_logprobs is not None
+            emitted = self._append_tokens(request, sampled)
+            stopped = request.is_finished()
             outputs.append(EngineCoreOutput(
-                req_id, [token], [logprobs] if logprobs else [],
+                req_id, emitted, runner_output.logprobs.get(req_id, [])[:len(emitted)],
                 request.get_finished_reason(), request.stop_reason,
                 max(request.num_cached_tokens, 0), prompt_logprobs=request.prompt_logprobs if first else None,
             ))
             if stopped:
                 self.running.remove(request)
                 self._free_request(request)
+                continue
+            request.spec_token_ids = runner_output.spec_token_ids.get(req_id, [])
+            if num_drafts and num_rejected:
+                self.kv_cache_manager.trim(request)
+                self._sent_blocks[req_id] = min(self._sent_blocks.get(req_id, 0),
+                                                len(self.kv_cache_manager.get_block_ids(req_id)))
         return outputs
+
+    @staticmethod
+    def _append_tokens(request: Request, token_ids: list[int]) -> list[int]:
+        """Append tokens one at a time until one ends the request; returns those appended."""
+        for i, token in enumerate(token_ids):
+            request.append_output_token_ids([token])
+            stopped = check_stop(request, token)
+            if not stopped and request.structured_output_request is not None:
+                stopped = advance_grammar(request, token)
+            if stopped:
+                return token_ids[:i + 1]
+        return token_ids

@@ -30,6 +30,9 @@ class CachedRequestData:
     req_id: str
     new_block_ids: list[int]
     num_computed_tokens: int
+    # Blocks the request holds now: new_block_ids are its last ones. Fewer than the runner
+    # knew when blocks of rejected draft tokens were given back.
+    num_blocks: int
 
 
 @dataclass
@@ -43,6 +46,8 @@ class SchedulerOutput:
     # Structured output: the bitmask row of each request that samples under a grammar now.
     structured_output_request_ids: dict[str, int] = field(default_factory=dict)
     grammar_bitmask: "torch.Tensor | None" = None
+    # Draft tokens to verify, fed after each request's last token (counted in num_scheduled_tokens).
+    scheduled_spec_decode_tokens: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,18 +61,21 @@ class LogprobsEntry:
 
 @dataclass
 class ModelRunnerOutput:
-    """Sampled tokens of the requests that finished their scheduled prompt/decode tokens.
+    """Tokens of the requests that finished their scheduled prompt/decode tokens.
 
-    Requests in the middle of a chunked prefill sample nothing and are absent. A request
-    the runner could not take into its batch (the failure is its own) is in
-    ``failed_req_ids`` with the error; the step ran without it.
+    Each sampling request gets a list: one token, or with draft tokens the kept drafts
+    and one drawn token (``logprobs`` has one entry per token). Requests in the middle
+    of a chunked prefill sample nothing and are absent. A request the runner could not
+    take into its batch (the failure is its own) is in ``failed_req_ids`` with the
+    error; the step ran without it. ``spec_token_ids`` are drafts proposed for the next step.
     """
 
-    sampled_token_ids: dict[str, int]
-    logprobs: dict[str, LogprobsEntry] = field(default_factory=dict)
+    sampled_token_ids: dict[str, list[int]]
+    logprobs: dict[str, list[LogprobsEntry]] = field(default_factory=dict)
     failed_req_ids: dict[str, str] = field(default_factory=dict)
     # Requests with prompt_logprobs: (position of the first entry, one entry per prompt token of the chunk).
     prompt_logprobs: dict[str, tuple[int, list[LogprobsEntry]]] = field(default_factory=dict)
+    spec_token_ids: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass

@@ -89,8 +89,10 @@ class InputBatch:
             self.generators[req_id] = generator
         return row
 
-    def append_blocks(self, row: int, block_ids: list[int]) -> None:
-        start = self.num_blocks[row]
+    def append_blocks(self, row: int, block_ids: list[int], num_blocks: int | None = None) -> None:
+        """Add ``block_ids`` as the row's last blocks; ``num_blocks``: its total after them
+        (smaller than before when blocks of rejected drafts were given back)."""
+        start = self.num_blocks[row] if num_blocks is None else num_blocks - len(block_ids)
         self.block_table[row, start:start + len(block_ids)] = block_ids
         self.num_blocks[row] = start + len(block_ids)
 
@@ -118,22 +120,36 @@ class InputBatch:
 
     # -- sampling -------------------------------------------------------------
 
-    def logits_processing_rows(self, rows: np.ndarray) -> list[tuple[int, SamplingParams, list[int]]]:
-        """(index among ``rows``, params, output ids) of the sampling rows whose logits get edited."""
+    def write_draft_tokens(self, row: int, draft_token_ids: list[int]) -> None:
+        """Place drafts after the row's tokens (not counted in ``num_tokens``): the step's input
+        ids read them, and a draft position's sampling metadata counts the drafts before it."""
+        start = self.num_tokens[row]
+        self.token_ids[row, start:start + len(draft_token_ids)] = draft_token_ids
+
+    def logits_processing_rows(self, rows: np.ndarray, num_drafts_before: np.ndarray | None = None,
+                               ) -> list[tuple[int, SamplingParams, list[int]]]:
+        """(index among ``rows``, params, output ids) of the sampling rows whose logits get edited.
+
+        ``num_drafts_before``: per row, how many draft tokens precede its position (a request
+        verifying drafts has one row per position); they count as outputs.
+        """
         if not self.logits_processed:
             return []
+        ends = self.num_tokens[rows] + (0 if num_drafts_before is None else num_drafts_before)
         out = []
         for i, row in enumerate(rows.tolist()):
             req_id = self.req_ids[row]
             if req_id in self.logits_processed:
                 params = self.params[req_id]
-                outputs = (self.token_ids[row, self.num_prompt_tokens[row]:self.num_tokens[row]].tolist()
+                outputs = (self.token_ids[row, self.num_prompt_tokens[row]:ends[i]].tolist()
                            if params._bad_words_token_ids else [])
                 out.append((i, params, outputs))
         return out
 
-    def sampling_metadata(self, rows: np.ndarray) -> SamplingMetadata:
-        """Tensors for the rows that sample this step, in that order."""
+    def sampling_metadata(self, rows: np.ndarray, num_drafts_before: np.ndarray | None = None) -> SamplingMetadata:
+        """Tensors for the rows that sample this step, in that order (``num_drafts_before``: as
+        in ``logits_processing_rows``)."""
+        ends = self.num_tokens[rows] + (0 if num_drafts_before is None else num_drafts_before)
         temperature = self.temperature[rows]
         greedy = temperature < _EPS
         req_ids = [self.req_ids[r] for r in rows]
@@ -160,9 +176,9 @@ class InputBatch:
             md.frequency_penalties = tensor(frequency)
             md.repetition_penalties = tensor(repetition)
             md.prompt_token_ids = [self.token_ids[r, :self.num_prompt_tokens[r]].tolist() for r in rows]
-            md.output_token_ids = [self.token_ids[r, self.num_prompt_tokens[r]:self.num_tokens[r]].tolist()
-                                   for r in rows]
-        num_outputs = self.num_tokens[rows] - self.num_prompt_tokens[rows]
+            md.output_token_ids = [self.token_ids[r, self.num_prompt_tokens[r]:end].tolist()
+                                   for r, end in zip(rows, ends)]
+        num_outputs = ends - self.num_prompt_tokens[rows]
         for i in np.nonzero(num_outputs < self.min_tokens[rows])[0].tolist():
             md.min_tokens_banned[i] = sorted(self.params[req_ids[i]].all_stop_token_ids)
         return md

@@ -4,7 +4,9 @@ Each step it applies the scheduler's decision to its persistent ``InputBatch``,
 builds token ids, positions, slot mapping, query start locations, sequence
 lengths and block tables with vectorised numpy (``flat_batch.py``), builds the
 attention metadata once, runs the model, and samples only at the last scheduled token of each
-request that has caught up with its tokens.
+request that has caught up with its tokens. A request verifying draft tokens samples at each of
+its draft positions and the one after; the rejection sampler keeps the drafts the target
+distribution agrees with. After sampling, the proposer (if configured) drafts the next step's tokens.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from folo_core.sample.interface import Sampler
 from folo_core.sample.logits_processors import apply_logits_processors
 from folo_core.sample.logprobs import compute_logprobs
 from folo_core.sched.output import LogprobsEntry, ModelRunnerOutput, SchedulerOutput
+from folo_core.spec_decode.proposer import Proposer
+from folo_core.spec_decode.rejection_sampler import rejection_sample
 from folo_core.structured_output.bitmask import apply_token_bitmask
 from folo_core.utils import cdiv
 from folo_core.worker.flat_batch import FlatBatch, build_flat_batch
@@ -60,7 +64,8 @@ def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> t
 
 class ModelRunner:
     def __init__(self, config: EngineConfig, attn_backend: type[AttentionBackend], sampler: Sampler,
-                 model_loader: ModelLoader, quant_config: QuantizationConfig | None = None) -> None:
+                 model_loader: ModelLoader, quant_config: QuantizationConfig | None = None,
+                 proposer: Proposer | None = None) -> None:
         self.config = config
         self.device = torch.device(config.model.resolved_device())
         self.dtype = config.model.torch_dtype
@@ -68,6 +73,7 @@ class ModelRunner:
         self.max_model_len = config.model.max_model_len
         self.attn_backend = attn_backend
         self.sampler = sampler
+        self.proposer = proposer
         torch.manual_seed(config.model.seed)
         logger.info("loading %s (%s, %s)", config.model.model, config.model.dtype, self.device)
         self.model = model_loader(ModelLoadContext(
@@ -190,8 +196,7 @@ class ModelRunner:
             try:
                 row = batch.req_id_to_index[data.req_id]
                 batch.num_computed_tokens[row] = data.num_computed_tokens
-                if data.new_block_ids:
-                    batch.append_blocks(row, data.new_block_ids)
+                batch.append_blocks(row, data.new_block_ids, data.num_blocks)
             except Exception as exc:
                 batch.remove_request(data.req_id)
                 failed[data.req_id] = f"cannot update the request in the batch: {type(exc).__name__}: {exc}"
@@ -207,11 +212,21 @@ class ModelRunner:
         rows = np.fromiter((batch.req_id_to_index[r] for r in req_ids), dtype=np.int64, count=len(req_ids))
         num_sched = np.fromiter((so.num_scheduled_tokens[r] for r in req_ids), dtype=np.int64, count=len(req_ids))
 
+        spec = so.scheduled_spec_decode_tokens
+        num_drafts = np.zeros(len(req_ids), dtype=np.int64)
+        for i, req_id in enumerate(req_ids):
+            if req_id in spec:
+                num_drafts[i] = len(spec[req_id])
+                batch.write_draft_tokens(int(rows[i]), spec[req_id])
+
         computed = batch.num_computed_tokens[rows]
         flat = build_flat_batch(computed, num_sched, batch.block_table, rows, self.block_size, self.device)
         input_ids = batch.token_ids[rows[flat.token_req], flat.positions]
-        samples = computed + num_sched >= batch.num_tokens[rows]
-        logits_indices = (np.cumsum(num_sched) - 1)[samples]
+        samples = computed + num_sched >= batch.num_tokens[rows] + num_drafts
+        # One logits row per draft position and one after: [r0 drafts..., r0 next, r1 ...].
+        counts = num_drafts[samples] + 1
+        offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        logits_indices = np.repeat((np.cumsum(num_sched) - 1)[samples] - counts + 1, counts) + offsets
 
         hidden = self._run_model(self.forward, flat, input_ids)
         prompt_logprobs = self._prompt_logprobs(hidden, req_ids, rows, computed, num_sched)
@@ -219,15 +234,60 @@ class ModelRunner:
             return ModelRunnerOutput(sampled_token_ids={}, failed_req_ids=failed, prompt_logprobs=prompt_logprobs)
         logits = self.model.compute_logits(hidden[torch.from_numpy(logits_indices).to(self.device)]).float()
         sample_rows = rows[samples]
-        edits = batch.logits_processing_rows(sample_rows)
+        verifying = bool(spec) and bool((counts > 1).any())
+        logit_rows = np.repeat(sample_rows, counts) if verifying else sample_rows
+        drafts_before = offsets if verifying else None
+        edits = batch.logits_processing_rows(logit_rows, drafts_before)
         if edits:
             apply_logits_processors(logits, edits)
         if so.grammar_bitmask is not None:  # last: a grammar's ban outranks any bias
-            self._apply_grammar_bitmask(logits, so, sample_rows)
-        sampler_output = self.sampler(logits, batch.sampling_metadata(sample_rows))
-        result = self._collect(sample_rows, sampler_output)
+            self._apply_grammar_bitmask(logits, so, logit_rows)
+        md = batch.sampling_metadata(logit_rows, drafts_before)
+        if verifying:
+            result = self._verify(sample_rows, logits, md, [spec.get(batch.req_ids[r], []) for r in sample_rows])
+        else:
+            result = self._collect(sample_rows, self.sampler(logits, md))
         result.failed_req_ids, result.prompt_logprobs = failed, prompt_logprobs
+        if self.proposer is not None:
+            result.spec_token_ids = self._propose(sample_rows, len(req_ids))
         return result
+
+    def _verify(self, sample_rows: np.ndarray, logits: torch.Tensor, md, drafts: list[list[int]]) -> ModelRunnerOutput:
+        """Rejection-sample each request's drafts against the sampler's target distribution."""
+        batch = self.input_batch
+        generators = {i: batch.generators[batch.req_ids[r]] for i, r in enumerate(sample_rows.tolist())
+                      if batch.req_ids[r] in batch.generators}
+        emitted = rejection_sample(self.sampler.target_probs(logits, md), drafts, generators)
+        result = ModelRunnerOutput(sampled_token_ids={})
+        want = batch.num_logprobs[sample_rows]
+        if (want >= 0).any():  # logprobs of each emitted token, from its position's logits
+            starts = np.cumsum([len(d) + 1 for d in drafts]) - [len(d) + 1 for d in drafts]
+            positions = torch.tensor([int(s) + j for s, tokens in zip(starts, emitted) for j in range(len(tokens))])
+            tokens = torch.tensor([t for tokens in emitted for t in tokens])
+            ids, lps, ranks = (t.tolist() for t in compute_logprobs(logits[positions], tokens, int(want.max())))
+        flat = 0
+        for i, (row, tokens) in enumerate(zip(sample_rows.tolist(), emitted)):
+            req_id = batch.req_ids[row]
+            for token in tokens:
+                batch.append_token(row, token)
+            result.sampled_token_ids[req_id] = tokens
+            if want[i] >= 0:
+                k = int(want[i]) + 1
+                result.logprobs[req_id] = [LogprobsEntry(ids[j][:k], lps[j][:k], ranks[j][:k])
+                                           for j in range(flat, flat + len(tokens))]
+            flat += len(tokens)
+        return result
+
+    def _propose(self, sample_rows: np.ndarray, batch_size: int) -> dict[str, list[int]]:
+        """Drafts for the next step of each request that sampled (none for grammar-constrained
+        requests, whose bitmask covers one position, or above ``disable_by_batch_size``)."""
+        limit = self.proposer.config.disable_by_batch_size
+        if limit is not None and batch_size >= limit:
+            return {}
+        batch = self.input_batch
+        rows = [r for r in sample_rows.tolist() if batch.params[batch.req_ids[r]].structured_outputs is None]
+        drafts = self.proposer.propose([batch.token_ids[r, :batch.num_tokens[r]] for r in rows])
+        return {batch.req_ids[r]: d for r, d in zip(rows, drafts) if d}
 
     def _prompt_logprobs(self, hidden: torch.Tensor, req_ids: list[str], rows: np.ndarray, computed: np.ndarray,
                          num_sched: np.ndarray) -> dict[str, tuple[int, list[LogprobsEntry]]]:
@@ -286,8 +346,8 @@ class ModelRunner:
         for i, (row, token) in enumerate(zip(sample_rows.tolist(), tokens)):
             req_id = batch.req_ids[row]
             batch.append_token(row, token)
-            result.sampled_token_ids[req_id] = token
+            result.sampled_token_ids[req_id] = [token]
             if want[i] >= 0:
                 k = int(want[i]) + 1
-                result.logprobs[req_id] = LogprobsEntry(lp_ids[i][:k], lps[i][:k], ranks[i][:k])
+                result.logprobs[req_id] = [LogprobsEntry(lp_ids[i][:k], lps[i][:k], ranks[i][:k])]
         return result

@@ -1,7 +1,8 @@
 """Continuous batching (vLLM v1's scheduler): a token budget per step, no phases.
 
 Running requests are served first, each getting the tokens it still lacks (one
-for a decode, a chunk for a prefill) until the budget runs out; when the KV
+for a decode, plus its draft tokens with speculative decoding, a chunk for a
+prefill) until the budget runs out; when the KV
 cache is full the lowest-priority running request is preempted by recompute.
 Waiting requests are admitted with whatever budget is left, starting after any
 cached prefix.
@@ -20,7 +21,7 @@ class ContinuousScheduler(Scheduler):
         return self.scheduler_config.scheduling_policy == "priority"
 
     def _tokens_wanted(self, request: Request, num_computed: int, budget: int) -> int:
-        n = request.num_tokens - num_computed
+        n = self.num_tokens_with_spec(request) - num_computed
         threshold = self.scheduler_config.long_prefill_token_threshold
         if threshold and n > threshold:
             n = threshold

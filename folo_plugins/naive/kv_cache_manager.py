@@ -33,5 +33,11 @@ class NaiveKVCacheManager(KVCacheManager):
     def free(self, request: Request) -> None:
         self.free_block_ids.extend(self.req_to_block_ids.pop(request.request_id, []))
 
+    def trim(self, request: Request) -> None:
+        owned = self.req_to_block_ids.get(request.request_id, [])
+        keep = cdiv(request.num_computed_tokens, self.block_size)
+        self.free_block_ids.extend(owned[keep:])
+        del owned[keep:]
+
     def get_block_ids(self, request_id: str) -> list[int]:
         return list(self.req_to_block_ids.get(request_id, []))

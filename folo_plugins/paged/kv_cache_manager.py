@@ -92,6 +92,13 @@ class PagedKVCacheManager(KVCacheManager):
         self.num_cached_block.pop(request.request_id, None)
         self.req_to_block_hashes.pop(request.request_id, None)
 
+    def trim(self, request: Request) -> None:
+        blocks = self.req_to_blocks.get(request.request_id, [])
+        keep = cdiv(request.num_computed_tokens, self.block_size)
+        excess = blocks[keep:]
+        del blocks[keep:]
+        self.block_pool.free_blocks(list(reversed(excess)))
+
     def get_block_ids(self, request_id: str) -> list[int]:
         return [b.block_id for b in self.req_to_blocks.get(request_id, [])]
 

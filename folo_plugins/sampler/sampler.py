@@ -12,6 +12,7 @@ import torch
 from folo_core.sample.interface import Sampler, SamplerOutput
 from folo_core.sample.logprobs import compute_logprobs
 from folo_core.sample.metadata import SamplingMetadata
+from folo_core.sample.random_sample import random_sample
 
 _EPS = 1e-5
 
@@ -114,47 +115,47 @@ def apply_top_p_sorted(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tenso
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)
 
 
-def random_sample(probs: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
-    """Inverse-CDF sampling: one uniform draw per row, from the row's own generator if seeded.
-
-    One draw per row (not one per vocabulary entry, as vLLM's exponential race
-    takes) keeps sampling cheap on CPU. Tokens of probability zero are never
-    picked: the search finds the first token whose cumulative mass reaches u > 0.
-    """
-    cdf = probs.cumsum(dim=-1)
-    u = torch.rand(probs.shape[0], 1, device=probs.device)
-    for row, generator in generators.items():
-        u[row] = torch.rand(1, generator=generator, device=probs.device)
-    u = (u * cdf[:, -1:]).clamp_min_(torch.finfo(cdf.dtype).tiny)
-    return torch.searchsorted(cdf, u).squeeze(1).clamp_(max=probs.shape[1] - 1)
-
-
 class DefaultSampler(Sampler):
     def __call__(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
         raw_logits = logits if md.max_num_logprobs is not None else None
-        if md.min_tokens_banned:
-            logits = apply_min_tokens(logits.clone(), md.min_tokens_banned)
-        if not md.no_penalties:
-            logits = apply_penalties(logits, md)
-        sampled = self._sample(logits, md)
+        logits = self._constrained(logits, md)
+        greedy = None if md.all_random else logits.argmax(dim=-1)
+        if md.all_greedy:
+            sampled = greedy
+        else:
+            sampled = random_sample(self._random_probs(logits, md), md.generators)
+            if greedy is not None:
+                sampled = torch.where(md.temperature < _EPS, greedy, sampled)
         out = SamplerOutput(sampled_token_ids=sampled)
         if raw_logits is not None:
             out.logprob_token_ids, out.logprobs, out.ranks = compute_logprobs(
                 raw_logits, sampled, md.max_num_logprobs)
         return out
 
-    @staticmethod
-    def _sample(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
-        greedy = None if md.all_random else logits.argmax(dim=-1)
+    def target_probs(self, logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+        logits = self._constrained(logits, md)
+        greedy = torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[1]).float()
         if md.all_greedy:
             return greedy
+        probs = self._random_probs(logits, md)
+        return probs if md.all_random else torch.where((md.temperature < _EPS).unsqueeze(1), greedy, probs)
+
+    @staticmethod
+    def _constrained(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+        """The min_tokens ban and the penalties, which greedy rows obey too."""
+        if md.min_tokens_banned:
+            logits = apply_min_tokens(logits.clone(), md.min_tokens_banned)
+        if not md.no_penalties:
+            logits = apply_penalties(logits, md)
+        return logits
+
+    @staticmethod
+    def _random_probs(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+        """Temperature, min-p, top-k/top-p, softmax (greedy rows get temperature 1; unused)."""
         temperature = torch.where(md.temperature < _EPS, torch.ones_like(md.temperature), md.temperature)
         logits = logits / temperature.unsqueeze(1)
         if md.min_p is not None:
             logits = apply_min_p(logits, md.min_p)
         if md.top_k is not None or md.top_p is not None:
             logits = apply_top_k_top_p(logits, md.top_k, md.top_p)
-        sampled = random_sample(logits.softmax(dim=-1), md.generators)
-        if greedy is None:
-            return sampled
-        return torch.where(md.temperature < _EPS, greedy, sampled)
+        return logits.softmax(dim=-1)

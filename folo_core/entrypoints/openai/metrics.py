@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from folo_core.engine.llm_engine import EngineStats
 from folo_core.engine.stats import IterationStats, StatLoggerBase
+from folo_core.spec_decode.metrics import SpecDecodingStats
 
 _LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                     20.0, 40.0, 80.0]
@@ -54,6 +55,17 @@ class PrometheusStatLogger(StatLoggerBase):
                                              "Time from arrival to the end of a request.", _E2E_BUCKETS)
         self._prefix_queries_seen = 0
         self._prefix_hits_seen = 0
+        self.spec_num_drafts = counter("folo:spec_decode_num_drafts", "Request-steps that verified draft tokens.")
+        self.spec_num_draft_tokens = counter("folo:spec_decode_num_draft_tokens", "Draft tokens verified.")
+        self.spec_num_accepted_tokens = counter("folo:spec_decode_num_accepted_tokens", "Draft tokens kept.")
+        self.spec_accepted_per_pos = Counter("folo:spec_decode_num_accepted_tokens_per_pos",
+                                             "Draft tokens kept, by position in the draft.",
+                                             ["model_name", "position"], registry=self.registry)
+        self.spec_acceptance_rate = gauge("folo:spec_decode_acceptance_rate",
+                                          "Kept / verified draft tokens, since start.")
+        self.spec_mean_acceptance_length = gauge("folo:spec_decode_mean_acceptance_length",
+                                                 "Tokens emitted per verifying request-step, since start.")
+        self._spec_seen = SpecDecodingStats()
 
     def record(self, engine_stats: EngineStats, iteration_stats: IterationStats) -> None:
         self.num_requests_running.set(engine_stats.num_running)
@@ -65,6 +77,7 @@ class PrometheusStatLogger(StatLoggerBase):
         self.prefix_cache_queries.inc(max(0, prefix.queries - self._prefix_queries_seen))
         self.prefix_cache_hits.inc(max(0, prefix.hits - self._prefix_hits_seen))
         self._prefix_queries_seen, self._prefix_hits_seen = prefix.queries, prefix.hits
+        self._record_spec_decoding(engine_stats.spec_decoding)
 
         self.prompt_tokens.inc(iteration_stats.num_prompt_tokens)
         self.generation_tokens.inc(iteration_stats.num_generation_tokens)
@@ -75,6 +88,20 @@ class PrometheusStatLogger(StatLoggerBase):
         for finished in iteration_stats.finished_requests:
             self.request_success.labels(self.model_name, finished.finish_reason).inc()
             self.e2e_request_latency.observe(finished.e2e_latency)
+
+    def _record_spec_decoding(self, spec: SpecDecodingStats) -> None:
+        seen = self._spec_seen
+        self.spec_num_drafts.inc(spec.num_drafts - seen.num_drafts)
+        self.spec_num_draft_tokens.inc(spec.num_draft_tokens - seen.num_draft_tokens)
+        self.spec_num_accepted_tokens.inc(spec.num_accepted_tokens - seen.num_accepted_tokens)
+        for pos, total in enumerate(spec.num_accepted_tokens_per_pos):
+            before = seen.num_accepted_tokens_per_pos[pos] if pos < len(seen.num_accepted_tokens_per_pos) else 0
+            if total > before:
+                self.spec_accepted_per_pos.labels(self.model_name, str(pos)).inc(total - before)
+        self.spec_acceptance_rate.set(spec.acceptance_rate)
+        self.spec_mean_acceptance_length.set(spec.mean_acceptance_length)
+        self._spec_seen = SpecDecodingStats(spec.num_drafts, spec.num_draft_tokens, spec.num_accepted_tokens,
+                                            list(spec.num_accepted_tokens_per_pos))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Speculative decoding: the proposer contract, rejection sampling and its metrics."""
