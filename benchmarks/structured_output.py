@@ -50,7 +50,7 @@ def time_backend(manager: StructuredOutputManager, name: str, batch: int, steps:
     fill, apply = [], []
     for _ in range(steps):
         start = time.perf_counter()
-        _, bitmask = manager.grammar_bitmask(grammars)
+        _, bitmask = manager.grammar_bitmask(grammars, {})
         middle = time.perf_counter()
         apply_token_bitmask(logits.clone(), bitmask, rows, compiled)
         fill.append(middle - start)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -308,3 +310,25 @@ def test_smollm2_greedy_and_stop_strings_identical_with_speculation(smollm2_path
         assert (out_stop.text, out_stop.token_ids, out_stop.stop_reason) == \
             (ref_stop.text, ref_stop.token_ids, ref_stop.stop_reason)
         assert llm.llm_engine.get_stats().spec_decoding.num_accepted_tokens > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["guidance", "xgrammar"])
+def test_structured_output_applies_at_every_verified_position(smollm2_path, backend):
+    """Each draft position gets its own bitmask row: outputs stay valid, and greedy ones equal
+    the plain engine's."""
+    from folo_core import StructuredOutputsParams
+    from folo_core.testing import check_structured_outputs
+
+    engines = []
+    for spec in (None, SPEC):
+        llm = LLM(smollm2_path, max_model_len=1024, speculative_config=spec)
+        llm.llm_engine.engine_core.structured_output_manager.backend_name = backend
+        engines.append(llm)
+    check_structured_outputs(engines[1], num_schemas=12, seed=3)
+    messages = [{"role": "user", "content": "List the numbers one to twelve as JSON: [1, 2, 3, ..."}]
+    schema = {"type": "array", "items": {"type": "integer"}, "minItems": 12, "maxItems": 12}
+    params = SamplingParams(temperature=0, max_tokens=80, structured_outputs=StructuredOutputsParams(json=schema))
+    plain, spec = (llm.chat(messages, params, use_tqdm=False)[0].outputs[0] for llm in engines)
+    assert spec.token_ids == plain.token_ids and len(json.loads(spec.text)) == 12
+    assert engines[1].llm_engine.get_stats().spec_decoding.num_accepted_tokens > 0

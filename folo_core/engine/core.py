@@ -90,7 +90,8 @@ class EngineCore:
         grammars = self.scheduler.structured_output_grammars(scheduler_output)
         if grammars:
             scheduler_output.structured_output_request_ids, scheduler_output.grammar_bitmask = \
-                self.structured_output_manager.grammar_bitmask(grammars)
+                self.structured_output_manager.grammar_bitmask(grammars,
+                                                               scheduler_output.scheduled_spec_decode_tokens)
         try:
             runner_output = self.model_runner.execute_model(scheduler_output)
         except Exception as exc:

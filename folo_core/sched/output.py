@@ -43,7 +43,8 @@ class SchedulerOutput:
     total_num_scheduled_tokens: int
     finished_req_ids: set[str] = field(default_factory=set)  # runner drops their state
     preempted_req_ids: set[str] = field(default_factory=set)  # likewise; they return as new
-    # Structured output: the bitmask row of each request that samples under a grammar now.
+    # Structured output: the first bitmask row of each request that samples under a grammar now
+    # (a request verifying drafts has one row per draft position and one after, consecutive).
     structured_output_request_ids: dict[str, int] = field(default_factory=dict)
     grammar_bitmask: "torch.Tensor | None" = None
     # Draft tokens to verify, fed after each request's last token (counted in num_scheduled_tokens).

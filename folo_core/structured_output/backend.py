@@ -28,6 +28,19 @@ class StructuredOutputGrammar(ABC):
     def rollback(self, num_tokens: int) -> None:
         """Undo the last ``num_tokens`` accepted tokens."""
 
+    def validate_tokens(self, tokens: list[int]) -> int:
+        """How many leading ``tokens`` the grammar allows from here, leaving its state as it was
+        (draft tokens are checked before their bitmask rows are filled). The default accepts
+        them one at a time and rolls back, so ``accept_tokens`` must change nothing when it
+        refuses a token; override where the library validates without advancing."""
+        accepted = 0
+        for token in tokens:
+            if self.is_terminated() or not self.accept_tokens([token]):
+                break
+            accepted += 1
+        self.rollback(accepted)
+        return accepted
+
     @abstractmethod
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         """Write the allowed next tokens into ``bitmask[row]`` (int32 words, bit ``t % 32`` of

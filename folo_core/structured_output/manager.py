@@ -100,12 +100,32 @@ class StructuredOutputManager:
         backend = self.backend(name)
         return StructuredOutputRequest(name, self._executor.submit(backend.compile_grammar, params))
 
-    def grammar_bitmask(self, grammars: dict[str, StructuredOutputGrammar]) -> tuple[dict[str, int], torch.Tensor]:
-        """(row per request id, bitmask) of the allowed next tokens of the requests that sample now."""
-        rows = {req_id: i for i, req_id in enumerate(grammars)}
-        bitmask = allocate_token_bitmask(len(rows), self.vocab_size)
+    def grammar_bitmask(self, grammars: dict[str, StructuredOutputGrammar],
+                        spec_tokens: dict[str, list[int]]) -> tuple[dict[str, int], torch.Tensor]:
+        """(first row per request id, bitmask) of the allowed next tokens of the requests that sample now.
+
+        A request verifying draft tokens gets a row per draft position and one after, in
+        order: the grammar advances over the drafts it allows, filling each next row, then
+        rolls back (the scheduler advances it over what is kept). Rows after the first
+        draft it refuses stay all-allowed: that draft is banned by its own row, so the
+        positions after it are never emitted.
+        """
+        rows, num_rows = {}, 0
+        for req_id in grammars:
+            rows[req_id] = num_rows
+            num_rows += 1 + len(spec_tokens.get(req_id, ()))
+        bitmask = allocate_token_bitmask(num_rows, self.vocab_size)
         for req_id, grammar in grammars.items():
             grammar.fill_bitmask(bitmask, rows[req_id])
+            drafts = spec_tokens.get(req_id, [])
+            valid = grammar.validate_tokens(drafts) if drafts else 0
+            for j, token in enumerate(drafts[:valid]):
+                grammar.accept_tokens([token])
+                if grammar.is_terminated():  # the request ends at this draft
+                    valid = j + 1
+                    break
+                grammar.fill_bitmask(bitmask, rows[req_id] + j + 1)
+            grammar.rollback(valid)
         return rows, bitmask
 
     def shutdown(self) -> None:

@@ -241,7 +241,7 @@ class ModelRunner:
         if edits:
             apply_logits_processors(logits, edits)
         if so.grammar_bitmask is not None:  # last: a grammar's ban outranks any bias
-            self._apply_grammar_bitmask(logits, so, logit_rows)
+            self._apply_grammar_bitmask(logits, so, logit_rows, offsets)
         md = batch.sampling_metadata(logit_rows, drafts_before)
         if verifying:
             result = self._verify(sample_rows, logits, md, [spec.get(batch.req_ids[r], []) for r in sample_rows])
@@ -279,13 +279,12 @@ class ModelRunner:
         return result
 
     def _propose(self, sample_rows: np.ndarray, batch_size: int) -> dict[str, list[int]]:
-        """Drafts for the next step of each request that sampled (none for grammar-constrained
-        requests, whose bitmask covers one position, or above ``disable_by_batch_size``)."""
+        """Drafts for the next step of each request that sampled (none from ``disable_by_batch_size`` up)."""
         limit = self.proposer.config.disable_by_batch_size
         if limit is not None and batch_size >= limit:
             return {}
         batch = self.input_batch
-        rows = [r for r in sample_rows.tolist() if batch.params[batch.req_ids[r]].structured_outputs is None]
+        rows = sample_rows.tolist()
         drafts = self.proposer.propose([batch.token_ids[r, :batch.num_tokens[r]] for r in rows])
         return {batch.req_ids[r]: d for r, d in zip(rows, drafts) if d}
 
@@ -317,12 +316,14 @@ class ModelRunner:
             out[req_id] = (first + 1, entries)
         return out
 
-    def _apply_grammar_bitmask(self, logits: torch.Tensor, so: SchedulerOutput, sample_rows: np.ndarray) -> None:
+    def _apply_grammar_bitmask(self, logits: torch.Tensor, so: SchedulerOutput, logit_rows: np.ndarray,
+                               drafts_before: np.ndarray) -> None:
         """Ban what each structured request's grammar does not allow, before any sampling step
-        (penalties, temperature, top-k/p) sees the logits: a banned token is never sampled."""
-        pairs = [(i, so.structured_output_request_ids[req_id])
-                 for i, req_id in enumerate(self.input_batch.req_ids[r] for r in sample_rows)
-                 if req_id in so.structured_output_request_ids]
+        (penalties, temperature, top-k/p) sees the logits: a banned token is never sampled.
+        A draft position's row takes the bitmask row of its position."""
+        first = so.structured_output_request_ids
+        req_ids = [self.input_batch.req_ids[r] for r in logit_rows]
+        pairs = [(i, first[req_id] + int(drafts_before[i])) for i, req_id in enumerate(req_ids) if req_id in first]
         if pairs:
             logit_rows, mask_rows = zip(*pairs)
             apply_token_bitmask(logits, so.grammar_bitmask[list(mask_rows)],

@@ -31,6 +31,10 @@ class GuidanceGrammar(StructuredOutputGrammar):
         if num_tokens > 0:
             self.matcher.rollback(num_tokens)
 
+    def validate_tokens(self, tokens: list[int]) -> int:
+        # A refused consume_tokens leaves the matcher in its error state; validate_tokens does not advance.
+        return 0 if self.matcher.is_stopped() else self.matcher.validate_tokens(tokens)
+
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         import llguidance.torch
 
