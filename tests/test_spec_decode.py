@@ -148,12 +148,13 @@ def test_logprobs_per_emitted_token_match_without_speculation(tiny_model_dir):
                 assert abs(pa[t].logprob - pb[t].logprob) < 1e-4
 
 
-def test_penalties_apply_at_every_verified_position(tiny_model_dir):
-    """A repetition penalty at a draft position must count the drafts before it."""
+def test_penalties_and_logit_edits_apply_at_every_verified_position(tiny_model_dir):
+    """A repetition penalty or a bad word at a draft position must count the drafts before it."""
     path = tiny_model_dir("llama")
     prompts = repeating_prompts(6, seed=11)
     params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True, repetition_penalty=1.3,
-                            frequency_penalty=0.2)
+                            frequency_penalty=0.2, logit_bias={7: 2.0, 9: -1.0}, min_tokens=5,
+                            stop_token_ids=[11])
     ref, _ = generate(path, prompts, params)
     out, _ = generate(path, prompts, params, speculative_config=SPEC)
     assert [o.outputs[0].token_ids for o in out] == [o.outputs[0].token_ids for o in ref]
