@@ -92,7 +92,7 @@ def kernel_table(engines: dict[str, LLM], rows: list[int]) -> list[dict]:
     """Layer 0's linears, one batch size at a time: the 4-bit model's int4pack kernel, the bf16 model's
     dense weight, and the same GPTQ layer through the dequantize-then-matmul reference."""
     def layers(llm: LLM) -> dict[str, torch.nn.Module]:
-        model = llm.llm_engine.engine_core.model_runner.model
+        model = llm.llm_engine.engine_core.executor.model_runner.model
         return {name.removeprefix("model.layers.0."): m for name, m in model.named_modules()
                 if name.startswith("model.layers.0.") and hasattr(m, "quant_method")}
 

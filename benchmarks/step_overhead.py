@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
 
     engine = LLMEngine.from_engine_args(enforce_eager=True, max_model_len=2048)
-    runner = engine.engine_core.model_runner
+    runner = engine.engine_core.executor.model_runner
     hidden_size = runner.model.spec.hidden_size
     vocab = runner.model.spec.vocab_size
     runner.forward = lambda input_ids, positions: torch.zeros(len(input_ids), hidden_size)

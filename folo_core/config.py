@@ -157,17 +157,19 @@ class SchedulerConfig(_Section):
 
 
 class ParallelConfig(_Section):
-    """Parallelism; one process on one device today, fields kept for the planned TP/DP."""
+    """Parallelism: tensor-parallel ranks (the ``mp`` executor) and, later, data-parallel replicas."""
 
     section: ClassVar[str] = "parallel"
 
-    tensor_parallel_size: int = Field(1, gt=0, description="Tensor-parallel ranks (only 1 is supported yet).")
+    distributed_executor_backend: str = Field("auto", description="Executor plugin name (uni; auto picks by the parallel sizes).")
+
+    tensor_parallel_size: int = Field(1, gt=0, description="Tensor-parallel ranks, one process each (the mp executor; gloo on CPU).")
     data_parallel_size: int = Field(1, gt=0, description="Data-parallel replicas (only 1 is supported yet).")
 
     @model_validator(mode="after")
-    def _single_process(self) -> "ParallelConfig":
-        if self.tensor_parallel_size != 1 or self.data_parallel_size != 1:
-            raise ValueError("tensor_parallel_size and data_parallel_size > 1 are not supported yet")
+    def _single_replica(self) -> "ParallelConfig":
+        if self.data_parallel_size != 1:
+            raise ValueError("data_parallel_size > 1 is not supported yet")
         return self
 
 

@@ -55,6 +55,11 @@ def register_tool_parsers(register: Register) -> None:
 
 
 @hookspec
+def register_executors(register: Register) -> None:
+    """Register ``Executor`` subclasses by name (``distributed_executor_backend``)."""
+
+
+@hookspec
 def register_proposers(register: Register) -> None:
     """Register speculative-decoding ``Proposer`` subclasses by name (``speculative_config["method"]``)."""
 
@@ -102,6 +107,8 @@ PLUGIN_KINDS: tuple[PluginKind, ...] = (
                "folo_core.structured_output.backend.StructuredOutputBackend", "model.structured_outputs_backend"),
     PluginKind("tool_parser", "register_tool_parsers", "folo_core.tool_parsers.interface.ToolParser"),
     PluginKind("proposer", "register_proposers", "folo_core.spec_decode.proposer.Proposer"),
+    PluginKind("executor", "register_executors", "folo_core.executor.abstract.Executor",
+               "parallel.distributed_executor_backend", per_engine=True),
 )
 """Every plugin kind, in one place: one registry is built per kind."""
 

@@ -146,7 +146,7 @@ def test_checkpoint_unknown_architecture(model_dir, tmp_path):
 
 
 def test_failing_step_fails_its_requests_and_engine_keeps_serving(llm, monkeypatch):
-    runner = llm.llm_engine.engine_core.model_runner
+    runner = llm.llm_engine.engine_core.executor.model_runner
     original = runner.execute_model
     calls = {"n": 0}
 

@@ -23,7 +23,7 @@ COMPILED_LOGPROB_ATOL = 1e-4
 
 def compiled_llm(path, **kwargs) -> LLM:
     llm = LLM(str(path), enforce_eager=False, **kwargs)
-    assert llm.llm_engine.engine_core.model_runner.forward.active, "the forward did not compile"
+    assert llm.llm_engine.engine_core.executor.model_runner.forward.active, "the forward did not compile"
     return llm
 
 
@@ -109,7 +109,7 @@ def test_compile_failure_falls_back_to_eager(tiny_model_dir, monkeypatch, caplog
     prompts = random_prompts(3, 512, seed=4)
     with caplog.at_level(logging.WARNING, logger="folo"):
         llm = LLM(str(path), skip_tokenizer_init=True, dtype="float32", enforce_eager=False)
-    assert not llm.llm_engine.engine_core.model_runner.forward.active
+    assert not llm.llm_engine.engine_core.executor.model_runner.forward.active
     warnings = [r.message for r in caplog.records if "torch.compile of the model failed" in r.message]
     assert len(warnings) == 1 and "simulated" in warnings[0]
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], GREEDY, use_tqdm=False)
@@ -124,4 +124,4 @@ def test_enforce_eager_never_compiles(tiny_model_dir, monkeypatch):
 
     monkeypatch.setattr(compilation.torch, "compile", no_compile)
     llm = LLM(str(tiny_model_dir("llama")), skip_tokenizer_init=True, enforce_eager=True)
-    assert not llm.llm_engine.engine_core.model_runner.forward.active
+    assert not llm.llm_engine.engine_core.executor.model_runner.forward.active

@@ -77,6 +77,6 @@ def test_common_vllm_keywords_are_accepted(tiny_model_dir):
 
     llm = LLM(str(tiny_model_dir("qwen2")), skip_tokenizer_init=True, enforce_eager=True, trust_remote_code=True,
               gpu_memory_utilization=0.5, tensor_parallel_size=1)
-    assert llm.llm_engine.engine_core.model_runner.attn_metadata_builder.enforce_eager
+    assert llm.llm_engine.engine_core.executor.model_runner.attn_metadata_builder.enforce_eager
     out = llm.generate({"prompt_token_ids": [1, 2, 3]}, SamplingParams(max_tokens=2, ignore_eos=True), use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 2

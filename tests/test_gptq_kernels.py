@@ -150,7 +150,7 @@ def test_gptqmodel_cuda_kernel_matches_cpu_reference(gptq_checkpoint):
     prompts = [{"prompt_token_ids": p} for p in random_prompts(3, 512, seed=4)]
     params = SamplingParams(temperature=0, max_tokens=1, logprobs=20)
     cuda = LLM(path, device="cuda", dtype="float16", skip_tokenizer_init=True)
-    kernels = {m.quant_method.kernel_name for m in cuda.llm_engine.engine_core.model_runner.model.modules()
+    kernels = {m.quant_method.kernel_name for m in cuda.llm_engine.engine_core.executor.model_runner.model.modules()
                if hasattr(m, "kernel")}
     assert kernels == {"gptqmodel"}
     reference = LLM(path, device="cpu", dtype="float32", skip_tokenizer_init=True)

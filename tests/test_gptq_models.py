@@ -37,7 +37,7 @@ def prefix_logprobs(llm: LLM, prompt: list[int]) -> torch.Tensor:
 
 
 def kernels_used(llm: LLM) -> set[str]:
-    runner = llm.llm_engine.engine_core.model_runner
+    runner = llm.llm_engine.engine_core.executor.model_runner
     return {m.quant_method.kernel_name for m in runner.model.modules() if hasattr(m, "kernel")}
 
 
@@ -93,7 +93,7 @@ def test_quantized_linears_take_under_a_third_of_bfloat16(gptq_checkpoint):
     """Group 64: 4-bit codes plus a bf16 (scale, offset) pair per 64 inputs = 4.5 bits per weight."""
     llm = LLM(str(gptq_checkpoint("qwen3-g64-sym")), dtype="bfloat16", skip_tokenizer_init=True)
     memory = llm.llm_engine.get_stats().weight_memory
-    spec = llm.llm_engine.engine_core.model_runner.model.spec
+    spec = llm.llm_engine.engine_core.executor.model_runner.model.spec
     per_layer = spec.hidden_size * (spec.num_heads + 2 * spec.num_kv_heads) * spec.head_dim \
         + spec.num_heads * spec.head_dim * spec.hidden_size + 3 * spec.hidden_size * spec.intermediate_size
     assert memory.quantized_dense_bytes == 2 * spec.num_layers * per_layer
@@ -152,7 +152,7 @@ def test_dynamic_exclusion_loads_that_module_unquantized(gptq_checkpoint, tmp_pa
     edit_quantization_config(mixed, dynamic={r"-:model\.layers\.1\.mlp\.down_proj": {}})
     prompt = random_prompts(1, VOCAB, seed=9, min_len=12, max_len=12)[0]
     llm = LLM(str(mixed), dtype="float32", skip_tokenizer_init=True, max_logprobs=-1)
-    model = llm.llm_engine.engine_core.model_runner.model
+    model = llm.llm_engine.engine_core.executor.model_runner.model
     assert not hasattr(model.model.layers[1].mlp.down_proj, "kernel")
     assert hasattr(model.model.layers[0].mlp.down_proj, "kernel")
     expected = prefix_logprobs(LLM(str(src), dtype="float32", skip_tokenizer_init=True,

@@ -41,7 +41,7 @@ def test_answers_the_capital_of_france(llm):
 
 def test_runs_on_the_int4_kernel_in_well_under_a_third_of_the_memory(llm):
     memory = llm.llm_engine.get_stats().weight_memory
-    model = llm.llm_engine.engine_core.model_runner.model
+    model = llm.llm_engine.engine_core.executor.model_runner.model
     assert {m.quant_method.describe() for m in model.modules() if hasattr(m, "kernel")} == {"gptq 4-bit (cpu_int4pack)"}
     # 4-bit codes + a bf16 (scale, offset) pair per kernel group: 128 where K=1536 (down_proj), 64 where
     # K=576 (its last group of 128 is short, so groups are split in two): 4.25 and 4.5 bits per weight.

@@ -28,7 +28,7 @@ def aten_calls_in_decode_forward(model_dir, num_requests: int) -> int:
     for i in range(num_requests):
         engine.add_request(str(i), {"prompt_token_ids": list(range(10 + i, 30 + i))}, params)
     engine.step()  # the prefill
-    model = engine.engine_core.model_runner.model
+    model = engine.engine_core.executor.model_runner.model
     forward = model.forward
     events = []
 

@@ -44,7 +44,7 @@ def poison(monkeypatch):
 def views_agree(engine_core) -> None:
     """Every request the runner holds is running with the blocks the scheduler sent it, and
     every running request the scheduler thinks the runner holds, it holds."""
-    scheduler, kv, batch = engine_core.scheduler, engine_core.kv_cache_manager, engine_core.model_runner.input_batch
+    scheduler, kv, batch = engine_core.scheduler, engine_core.kv_cache_manager, engine_core.executor.model_runner.input_batch
     to_drop = scheduler._finished_req_ids | scheduler._preempted_req_ids
     for req_id in batch.req_ids:
         if req_id in to_drop:
@@ -81,7 +81,7 @@ def test_request_that_cannot_join_the_batch_fails_alone(model_dir, poison):
     assert outputs[1].outputs[0].finish_reason == "error" and not outputs[1].outputs[0].token_ids
     assert [outputs[i].outputs[0].token_ids for i in (0, 2, 3)] == [expected[i] for i in (0, 2, 3)]
     assert llm.llm_engine.get_stats().kv_cache_usage == 0.0
-    assert llm.llm_engine.engine_core.model_runner.input_batch.num_reqs <= 4  # dropped at the next step
+    assert llm.llm_engine.engine_core.executor.model_runner.input_batch.num_reqs <= 4  # dropped at the next step
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -92,7 +92,7 @@ def test_random_step_failures_leave_consistent_views(model_dir, seed, failure_ra
     sampler) under preemption pressure; survivors finish exactly as in a clean run."""
     llm = engine_llm(model_dir, num_gpu_blocks_override=14)
     core = llm.llm_engine.engine_core
-    runner = core.model_runner
+    runner = core.executor.model_runner
     rng = random.Random(seed)
     prompts = random_prompts(6, VOCAB, seed=seed, min_len=3, max_len=14)
     clean = {i: o.outputs[0].token_ids for i, o in enumerate(
@@ -138,9 +138,9 @@ def test_seeded_sampling_is_the_same_under_preemption(model_dir):
     got = [o.outputs[0].token_ids for o in tight.generate(prompts, params, use_tqdm=False)]
     assert tight.llm_engine.engine_core.scheduler.num_preemptions > 0
     assert got == expected
-    assert not tight.llm_engine.engine_core.model_runner.input_batch.generators or \
-        set(tight.llm_engine.engine_core.model_runner.input_batch.generators) <= \
-        set(tight.llm_engine.engine_core.model_runner.input_batch.req_ids)
+    assert not tight.llm_engine.engine_core.executor.model_runner.input_batch.generators or \
+        set(tight.llm_engine.engine_core.executor.model_runner.input_batch.generators) <= \
+        set(tight.llm_engine.engine_core.executor.model_runner.input_batch.req_ids)
 
 
 def test_one_poisoned_stream_among_16_leaves_the_others_correct(tiny_chat_model_dir, poison):

@@ -97,7 +97,7 @@ def test_doc_quantizer_keeps_int8_weights_and_generates_hf_greedy(tiny_model_dir
     model = tiny_model_dir("qwen2")
     llm = LLM(str(model), quantization="int8_weight_only", dtype="float32", skip_tokenizer_init=True,
               num_gpu_blocks_override=16)
-    layers = [m for m in llm.llm_engine.engine_core.model_runner.model.modules() if hasattr(m, "qweight")]
+    layers = [m for m in llm.llm_engine.engine_core.executor.model_runner.model.modules() if hasattr(m, "qweight")]
     assert layers and all(m.qweight.dtype == torch.int8 and not hasattr(m, "weight") for m in layers)
     prompts = random_prompts(2, 512, seed=5, min_len=5, max_len=20)
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts],

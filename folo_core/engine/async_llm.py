@@ -32,7 +32,8 @@ from typing import Any, TypeVar
 
 from folo_core.config import ModelConfig
 from folo_core.engine.errors import EngineDeadError, EngineStepError
-from folo_core.engine.llm_engine import EngineStats, LLMEngine
+from folo_core.engine.llm_engine import LLMEngine
+from folo_core.engine.stats import EngineStats
 from folo_core.engine.processor import ProcessedRequest, Processor, PromptType
 from folo_core.engine.stats import IterationStats, RequestStats, StatLoggerBase
 from folo_core.logger import init_logger
@@ -189,6 +190,7 @@ class AsyncLLM:
                 # Stats first: whoever gets a result or an output sees it counted in the metrics.
                 self._record_stats()
                 self._send_replies()
+        self.engine.shutdown()
         error = EngineDeadError("the engine was shut down")
         for stream in self._streams.values():
             stream.put(error)

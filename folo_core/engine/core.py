@@ -1,7 +1,7 @@
-"""``EngineCore``: builds the picked plugins (``selection.py``), owns scheduler and model runner, runs the step loop.
+"""``EngineCore``: builds the picked plugins (``selection.py``), owns scheduler and executor, runs the step loop.
 
     scheduler_output = scheduler.schedule()
-    runner_output    = model_runner.execute_model(scheduler_output)
+    runner_output    = executor.execute_model(scheduler_output)
     engine_outputs   = scheduler.update_from_output(scheduler_output, runner_output)
 """
 
@@ -12,13 +12,14 @@ from typing import Any
 
 from folo_core.config import EngineConfig
 from folo_core.engine.selection import select_plugins
+from folo_core.engine.stats import EngineStats
+from folo_core.executor.abstract import WorkerSpec
 from folo_core.logger import init_logger
 from folo_core.plugins import FoloPluginManager
 from folo_core.request import Request, RequestStatus
 from folo_core.sampling_params import SamplingParams
 from folo_core.sched.output import EngineCoreOutput
 from folo_core.structured_output.manager import StructuredOutputManager
-from folo_core.worker.model_runner import ModelRunner
 
 logger = init_logger(__name__)
 
@@ -33,10 +34,10 @@ class EngineCore:
         enable_caching = picks.enable_prefix_caching
 
         proposer = picks.proposer.impl(config.scheduler.speculative_config) if picks.proposer else None
-        self.model_runner = ModelRunner(config, attn_entry.impl, picks.sampler.impl(), picks.model.impl,
-                                        quant_config, proposer)
-        self.num_blocks = self.model_runner.determine_num_blocks()
-        self.model_runner.initialize_kv_cache(self.num_blocks)
+        self.executor = picks.executor.impl(WorkerSpec(config, attn_entry.impl, picks.sampler.impl,
+                                                       picks.model.impl, quant_config, proposer))
+        self.num_blocks = self.executor.determine_num_blocks()
+        self.executor.initialize(self.num_blocks)
         extra_key = f"{config.model.model}|{config.model.dtype}|{quant_config.hash_key() if quant_config else ''}"
         self.kv_cache_manager = kv_entry.impl(self.num_blocks, config.cache.block_size, enable_caching, extra_key)
         self.scheduler = picks.scheduler.impl(config.scheduler, config.cache, self.kv_cache_manager)
@@ -93,7 +94,7 @@ class EngineCore:
                 self.structured_output_manager.grammar_bitmask(grammars,
                                                                scheduler_output.scheduled_spec_decode_tokens)
         try:
-            runner_output = self.model_runner.execute_model(scheduler_output)
+            runner_output = self.executor.execute_model(scheduler_output)
         except Exception as exc:
             logger.error("engine step failed (%s: %s); failing the %d request(s) it ran", type(exc).__name__,
                          exc, len(scheduler_output.num_scheduled_tokens), exc_info=exc)
@@ -101,6 +102,27 @@ class EngineCore:
             return outputs + self.scheduler.fail_requests(scheduler_output.num_scheduled_tokens,
                                                           f"engine step failed: {type(exc).__name__}: {exc}")
         return outputs + self.scheduler.update_from_output(scheduler_output, runner_output)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def get_num_unfinished_requests(self) -> int:
+        return self.scheduler.get_num_unfinished_requests()
+
+    def reset_prefix_cache(self) -> bool:
+        return self.kv_cache_manager.reset_prefix_cache()
+
+    def get_stats(self) -> EngineStats:
+        """Queue sizes, KV use, prefix-cache and speculative-decoding totals, weight memory."""
+        scheduler, manager = self.scheduler, self.kv_cache_manager
+        return EngineStats(len(scheduler.running), len(scheduler.waiting), manager.usage, self.num_blocks,
+                           manager.prefix_cache_stats, self.executor.weight_memory,
+                           scheduler.spec_decoding_stats)
+
+    def shutdown(self) -> None:
+        """Stop the executor's workers and the grammar compiler threads."""
+        self.executor.shutdown()
+        self.structured_output_manager.shutdown()
 
     def _wait_for_grammars(self) -> list[EngineCoreOutput]:
         """Admit requests whose grammar compiled. If nothing else can run, wait a little for

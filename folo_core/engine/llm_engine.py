@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from folo_core.config import EngineConfig, resolve_engine_config
 from folo_core.engine.core import EngineCore
 from folo_core.engine.output_processor import OutputProcessor, ParentRequest
 from folo_core.engine.processor import ProcessedRequest, Processor, PromptType
+from folo_core.engine.stats import EngineStats
 from folo_core.hf_utils import eos_token_ids, load_hf_config, load_tokenizer
-from folo_core.kv_cache.interface import PrefixCacheStats
 from folo_core.outputs import RequestOutput
 from folo_core.plugins import FoloPluginManager, get_plugin_manager
-from folo_core.quantization import WeightMemory
 from folo_core.sampling_params import SamplingParams
-from folo_core.spec_decode.metrics import SpecDecodingStats
-
-
-@dataclass
-class EngineStats:
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float
-    num_blocks: int
-    prefix_cache: PrefixCacheStats
-    weight_memory: WeightMemory  # what the loaded model's tensors take
-    spec_decoding: SpecDecodingStats  # totals since start; zero without speculative_config
 
 
 class LLMEngine:
@@ -99,17 +85,16 @@ class LLMEngine:
         return request_outputs
 
     def has_unfinished_requests(self) -> bool:
-        return self.engine_core.scheduler.has_unfinished_requests()
+        return self.engine_core.has_unfinished_requests()
 
     def get_num_unfinished_requests(self) -> int:
-        return self.engine_core.scheduler.get_num_unfinished_requests()
+        return self.engine_core.get_num_unfinished_requests()
 
     def reset_prefix_cache(self) -> bool:
-        return self.engine_core.kv_cache_manager.reset_prefix_cache()
+        return self.engine_core.reset_prefix_cache()
 
     def get_stats(self) -> EngineStats:
-        scheduler = self.engine_core.scheduler
-        manager = self.engine_core.kv_cache_manager
-        return EngineStats(len(scheduler.running), len(scheduler.waiting), manager.usage,
-                           self.engine_core.num_blocks, manager.prefix_cache_stats,
-                           self.engine_core.model_runner.weight_memory, scheduler.spec_decoding_stats)
+        return self.engine_core.get_stats()
+
+    def shutdown(self) -> None:
+        self.engine_core.shutdown()

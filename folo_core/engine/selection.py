@@ -37,6 +37,8 @@ def selection_context(config: EngineConfig) -> SelectionContext:
         options={
             "enable_chunked_prefill": config.scheduler.enable_chunked_prefill,
             "enable_prefix_caching": config.cache.enable_prefix_caching is True,
+            "tensor_parallel_size": config.parallel.tensor_parallel_size,
+            "data_parallel_size": config.parallel.data_parallel_size,
         },
     )
 
@@ -81,6 +83,7 @@ class SelectedPlugins:
     kv_cache_manager: str
     scheduler: str
     quantization: str | None
+    executor: str
 
 
 @dataclass
@@ -93,6 +96,7 @@ class PluginSelection:
     sampler: RegistryEntry
     kv_cache_manager: RegistryEntry
     scheduler: RegistryEntry
+    executor: RegistryEntry
     quant_config: QuantizationConfig | None
     enable_prefix_caching: bool
     proposer: RegistryEntry | None = None  # with speculative_config
@@ -100,7 +104,7 @@ class PluginSelection:
     def summary(self) -> SelectedPlugins:
         return SelectedPlugins(self.ctx.architecture, self.attention_backend.name, self.sampler.name,
                                self.kv_cache_manager.name, self.scheduler.name,
-                               self.quant_config.name if self.quant_config else None)
+                               self.quant_config.name if self.quant_config else None, self.executor.name)
 
 
 def select_plugins(config: EngineConfig, plugins: FoloPluginManager) -> PluginSelection:
@@ -120,8 +124,9 @@ def select_plugins(config: EngineConfig, plugins: FoloPluginManager) -> PluginSe
             f"kv_cache_manager {kv.name!r} does not support prefix caching; set enable_prefix_caching=False")
     if enable_caching is None:  # on wherever both the KV manager and the backend support it
         enable_caching = kv.impl.supports_prefix_caching and attn.impl.capabilities.prefix_caching
-    return PluginSelection(ctx, model, attn, picked["sampler"], kv, picked["scheduler"], quant_config,
-                           bool(enable_caching), speculative_proposer(config, plugins, picked["sampler"]))
+    return PluginSelection(ctx, model, attn, picked["sampler"], kv, picked["scheduler"], picked["executor"],
+                           quant_config, bool(enable_caching),
+                           speculative_proposer(config, plugins, picked["sampler"]))
 
 
 def speculative_proposer(config: EngineConfig, plugins: FoloPluginManager,

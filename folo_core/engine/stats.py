@@ -1,7 +1,7 @@
 """Per-step serving statistics and the stat-logger contract (vLLM v1's ``metrics/stats.py``).
 
 The async engine fills one ``IterationStats`` per loop turn on the engine thread
-and hands it, with the scheduler's ``EngineStats``, to every stat logger; a
+and hands it, with the engine core's ``EngineStats``, to every stat logger; a
 logger (Prometheus, a log line) only reads them, so it never touches the engine.
 """
 
@@ -10,8 +10,23 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-from folo_core.engine.llm_engine import EngineStats
+from folo_core.kv_cache.interface import PrefixCacheStats
 from folo_core.outputs import RequestOutput
+from folo_core.quantization import WeightMemory
+from folo_core.spec_decode.metrics import SpecDecodingStats
+
+
+@dataclass
+class EngineStats:
+    """The engine core's state after a step (``EngineCore.get_stats``)."""
+
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    num_blocks: int
+    prefix_cache: PrefixCacheStats
+    weight_memory: WeightMemory  # what the loaded model's tensors take
+    spec_decoding: SpecDecodingStats  # totals since start; zero without speculative_config
 
 
 @dataclass

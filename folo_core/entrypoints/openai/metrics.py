@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from folo_core.engine.llm_engine import EngineStats
-from folo_core.engine.stats import IterationStats, StatLoggerBase
+from folo_core.engine.stats import EngineStats, IterationStats, StatLoggerBase
 from folo_core.spec_decode.metrics import SpecDecodingStats
 
 _LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,

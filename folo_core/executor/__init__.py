@@ -1,0 +1,1 @@
+"""The executor seam: where and how many model runners execute a step."""

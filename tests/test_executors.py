@@ -1,0 +1,60 @@
+"""The executor seam: the engine core reaches the model only through the selected executor."""
+
+from __future__ import annotations
+
+import pytest
+
+from folo_core import LLM, SamplingParams
+from folo_core.config import EngineConfig
+from folo_core.engine.llm_engine import LLMEngine
+from folo_core.hookspecs import hookimpl
+from folo_core.plugins import FoloPluginManager, PluginInfo
+from folo_core.registry import PluginSelectionError
+from folo_plugins.executors.uniproc import UniProcExecutor
+
+
+class CountingExecutor(UniProcExecutor):
+    """A third-party executor: the built-in one, counting the steps it runs."""
+
+    steps = 0
+    shut_down = False
+
+    def execute_model(self, scheduler_output):
+        CountingExecutor.steps += 1
+        return super().execute_model(scheduler_output)
+
+    def shutdown(self) -> None:
+        CountingExecutor.shut_down = True
+
+
+class _Plugin:
+    @staticmethod
+    @hookimpl
+    def register_executors(register):
+        register("counting", CountingExecutor)
+
+
+def test_auto_picks_uni_for_one_process(tiny_model_dir):
+    llm = LLM(str(tiny_model_dir("qwen2")), skip_tokenizer_init=True)
+    assert llm.llm_engine.engine_core.selected.executor == "uni"
+    assert isinstance(llm.llm_engine.engine_core.executor, UniProcExecutor)
+
+
+def test_a_third_party_executor_is_selected_by_name_and_runs_every_step(tiny_model_dir):
+    manager = FoloPluginManager()
+    manager.load_entry_points()
+    manager.register(_Plugin, PluginInfo("counting_executor"))
+    engine = LLMEngine(EngineConfig.from_kwargs(model=str(tiny_model_dir("qwen2")), skip_tokenizer_init=True,
+                                                distributed_executor_backend="counting"), plugins=manager)
+    assert engine.engine_core.selected.executor == "counting"
+    engine.add_request("a", {"prompt_token_ids": [1, 2, 3]}, SamplingParams(max_tokens=5, ignore_eos=True))
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert CountingExecutor.steps == 5
+    engine.engine_core.shutdown()
+    assert CountingExecutor.shut_down
+
+
+def test_unknown_executor_is_refused_by_name(tiny_model_dir):
+    with pytest.raises(PluginSelectionError, match="unknown executor 'ray9'.*uni"):
+        LLM(str(tiny_model_dir("qwen2")), skip_tokenizer_init=True, distributed_executor_backend="ray9")
