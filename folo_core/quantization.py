@@ -50,7 +50,7 @@ class UnquantizedLinearMethod(QuantizationMethod):
     def create_weights(self, layer, input_size, output_partition_sizes, params_dtype, weight_loader) -> None:
         weight = nn.Parameter(torch.empty(sum(output_partition_sizes), input_size, dtype=params_dtype),
                               requires_grad=False)
-        weight.output_dim = 0
+        weight.output_dim, weight.input_dim = 0, 1
         weight.weight_loader = weight_loader
         layer.register_parameter("weight", weight)
 

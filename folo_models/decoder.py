@@ -18,7 +18,12 @@ from folo_core.quantization import QuantizationConfig
 from folo_models.layers.activation import SiluAndMul
 from folo_models.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from folo_models.layers.layernorm import QKNorm, RMSNorm
-from folo_models.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from folo_models.layers.linear import (
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+    tp_rank_and_size,
+)
 from folo_models.layers.rotary_embedding import RotaryEmbedding
 from folo_models.weights import default_weight_loader, iterate_weights
 
@@ -69,31 +74,51 @@ class DecoderSpec:
         )
 
 
+def check_tensor_parallel(spec: DecoderSpec, tp_size: int) -> None:
+    """The shapes ``tp_size`` ranks can split; anything else is refused with the reason."""
+    if tp_size == 1:
+        return
+    problems = []
+    if spec.num_heads % tp_size:
+        problems.append(f"num_attention_heads ({spec.num_heads})")
+    if spec.num_kv_heads % tp_size and tp_size % spec.num_kv_heads:
+        problems.append(f"num_key_value_heads ({spec.num_kv_heads}; nor does it divide tensor_parallel_size)")
+    if spec.intermediate_size % tp_size:
+        problems.append(f"intermediate_size ({spec.intermediate_size})")
+    if problems:
+        raise CheckpointError(f"tensor_parallel_size={tp_size} does not divide " + ", ".join(problems))
+
+
 class DecoderAttention(nn.Module):
+    """Each rank holds ``heads / ranks`` query heads and its share of the KV heads (a replica of
+    one when there are more ranks than KV heads); ``o_proj`` sums the ranks' outputs."""
+
     def __init__(self, spec: DecoderSpec, ctx: ModelLoadContext, prefix: str) -> None:
         super().__init__()
-        self.spec = spec
-        self.q_size = spec.num_heads * spec.head_dim
-        self.kv_size = spec.num_kv_heads * spec.head_dim
         quant = ctx.quant_config
         self.qkv_proj = QKVParallelLinear(spec.hidden_size, spec.head_dim, spec.num_heads, spec.num_kv_heads,
                                           spec.qkv_bias, quant, f"{prefix}.qkv_proj", ctx.dtype)
-        self.o_proj = RowParallelLinear(self.q_size, spec.hidden_size, spec.o_bias, quant,
+        self.num_heads = spec.num_heads // self.qkv_proj.tp_size
+        self.num_kv_heads = self.qkv_proj.num_kv_heads_per_rank
+        self.head_dim = spec.head_dim
+        self.q_size = self.num_heads * spec.head_dim
+        self.kv_size = self.num_kv_heads * spec.head_dim
+        self.o_proj = RowParallelLinear(spec.num_heads * spec.head_dim, spec.hidden_size, spec.o_bias, quant,
                                         f"{prefix}.o_proj", ctx.dtype)
+        self.qk_norm = None
         if spec.qk_norm:
-            self.qk_norm = QKNorm(spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.rms_norm_eps)
-        self.attn = Attention(ctx.attn_backend, spec.num_heads, spec.head_dim, spec.head_dim ** -0.5,
-                              spec.num_kv_heads, prefix=f"{prefix}.attn")
+            self.qk_norm = QKNorm(self.num_heads, self.num_kv_heads, spec.head_dim, spec.rms_norm_eps)
+        self.attn = Attention(ctx.attn_backend, self.num_heads, spec.head_dim, spec.head_dim ** -0.5,
+                              self.num_kv_heads, prefix=f"{prefix}.attn")
 
     def forward(self, cos_sin: tuple[torch.Tensor, torch.Tensor], hidden_states: torch.Tensor) -> torch.Tensor:
-        spec = self.spec
         # Queries and keys sit side by side in the fused output: norm and rotate them as one
         # [T, heads + kv_heads, D] view, then hand the attention layer views, never copies.
         qk, v = self.qkv_proj(hidden_states).split([self.q_size + self.kv_size, self.kv_size], dim=-1)
-        qk = qk.unflatten(-1, (spec.num_heads + spec.num_kv_heads, spec.head_dim))
-        if spec.qk_norm:
+        qk = qk.unflatten(-1, (self.num_heads + self.num_kv_heads, self.head_dim))
+        if self.qk_norm is not None:
             qk = self.qk_norm(qk)
-        q, k = RotaryEmbedding.apply(cos_sin, qk).split([spec.num_heads, spec.num_kv_heads], dim=1)
+        q, k = RotaryEmbedding.apply(cos_sin, qk).split([self.num_heads, self.num_kv_heads], dim=1)
         return self.o_proj(self.attn(q, k, v))
 
 
@@ -164,6 +189,7 @@ class DecoderForCausalLM(nn.Module):
         hf_config = ctx.hf_config
         max_position = max(getattr(hf_config, "max_position_embeddings", 0) or 0, 1)
         self.spec = DecoderSpec.from_hf_config(arch, hf_config, max_position)
+        check_tensor_parallel(self.spec, tp_rank_and_size()[1])
         self.model = DecoderModel(self.spec, hf_config, ctx)
         self.lm_head = ParallelLMHead(self.spec.vocab_size, self.spec.hidden_size, ctx.dtype)
         if self.spec.tie_word_embeddings:

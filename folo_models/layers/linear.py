@@ -1,9 +1,10 @@
 """Linear layers whose weights a quantization method creates and applies.
 
 Shaped after vLLM/nano-vllm's tensor-parallel linears: column-parallel layers
-split the output dimension across ranks, the row-parallel one the input. With
-one rank (today) the split is the identity, but the weight loaders already take
-the rank's slice, so tensor parallelism can slot in without touching the models.
+split the output dimension across ranks (each rank keeps its slice of the
+output), the row-parallel one the input (each rank's partial products are summed
+by an all-reduce, the bias added once after it). The weight loaders take the
+rank's slice of each checkpoint tensor. With one rank every split is the identity.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from folo_core.distributed.parallel_state import get_tp_rank, get_tp_size, tensor_model_parallel_all_reduce
 from folo_core.models import CheckpointError
 from folo_core.quantization import QuantizationConfig, QuantizationMethod, UnquantizedLinearMethod
 from folo_models.weights import default_weight_loader
 
 
 def tp_rank_and_size() -> tuple[int, int]:
-    """This process's tensor-parallel rank and world size (single process for now)."""
-    return 0, 1
+    """This process's tensor-parallel rank and world size."""
+    return get_tp_rank(), get_tp_size()
 
 
 class LinearBase(nn.Module):
@@ -34,7 +36,7 @@ class LinearBase(nn.Module):
         self.tp_rank, self.tp_size = tp_rank_and_size()
         self.prefix = prefix
         self.input_size_per_partition = input_size // self.tp_size if self.split_input else input_size
-        self.output_partition_sizes = [s // self.tp_size if self.split_output else s for s in output_sizes]
+        self.output_partition_sizes = self._partition_sizes(output_sizes)
         method = quant_config.get_quant_method(self, prefix) if quant_config else None
         self.quant_method: QuantizationMethod = method or UnquantizedLinearMethod()
         self.quant_method.create_weights(self, self.input_size_per_partition, self.output_partition_sizes,
@@ -47,10 +49,13 @@ class LinearBase(nn.Module):
         else:
             self.register_parameter("bias", None)
 
+    def _partition_sizes(self, output_sizes: list[int]) -> list[int]:
+        return [s // self.tp_size if self.split_output else s for s in output_sizes]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.quant_method.apply(self, x, self.bias)
 
-    def _rank_slice(self, loaded: torch.Tensor, dim: int) -> torch.Tensor:
+    def _rank_slice(self, loaded: torch.Tensor, dim: int, shard_id: str | int | None = None) -> torch.Tensor:
         size = loaded.shape[dim] // self.tp_size
         return loaded.narrow(dim, self.tp_rank * size, size)
 
@@ -71,7 +76,7 @@ class LinearBase(nn.Module):
             param.loaded_by_shard = True
             return
         if self.split_output:
-            loaded = self._rank_slice(loaded, output_dim)
+            loaded = self._rank_slice(loaded, output_dim, shard_id)
         target = param.data
         if self.shard_names:
             packed = getattr(param, "packed_factor", 1)
@@ -97,9 +102,15 @@ class ColumnParallelLinear(ReplicatedLinear):
 
 
 class RowParallelLinear(ReplicatedLinear):
-    """Input dimension split across ranks; an all-reduce would follow with several ranks."""
+    """Input dimension split across ranks; the partial outputs are summed by an all-reduce."""
 
     split_input = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp_size == 1:
+            return self.quant_method.apply(self, x, self.bias)
+        out = tensor_model_parallel_all_reduce(self.quant_method.apply(self, x, None))
+        return out if self.bias is None else out + self.bias
 
 
 class MergedColumnParallelLinear(LinearBase):
@@ -123,5 +134,25 @@ class QKVParallelLinear(LinearBase):
     def __init__(self, hidden_size: int, head_size: int, num_heads: int, num_kv_heads: int,
                  bias: bool = False, quant_config: QuantizationConfig | None = None, prefix: str = "",
                  params_dtype: torch.dtype = torch.float32) -> None:
+        self.head_size, self.total_num_kv_heads = head_size, num_kv_heads
         sizes = [num_heads * head_size, num_kv_heads * head_size, num_kv_heads * head_size]
         super().__init__(hidden_size, sizes, bias, quant_config, prefix, params_dtype)
+
+    @property
+    def num_kv_heads_per_rank(self) -> int:
+        """KV heads split across ranks; with more ranks than heads each rank holds a replica of one."""
+        return max(1, self.total_num_kv_heads // self.tp_size)
+
+    def _partition_sizes(self, output_sizes: list[int]) -> list[int]:
+        kv = self.num_kv_heads_per_rank * self.head_size
+        return [output_sizes[0] // self.tp_size, kv, kv]
+
+    def _rank_slice(self, loaded: torch.Tensor, dim: int, shard_id: str | int | None = None) -> torch.Tensor:
+        if shard_id not in ("k", "v"):
+            return super()._rank_slice(loaded, dim, shard_id)
+        per_rank = self.num_kv_heads_per_rank
+        if self.tp_size <= self.total_num_kv_heads:
+            first_head = self.tp_rank * per_rank
+        else:  # tp_size // num_kv_heads ranks share each head
+            first_head = self.tp_rank // (self.tp_size // self.total_num_kv_heads)
+        return loaded.narrow(dim, first_head * self.head_size, per_rank * self.head_size)

@@ -1,0 +1,153 @@
+"""``mp``: one worker process per tensor-parallel rank (vLLM's ``MultiprocExecutor``).
+
+Every rank runs in a spawned process of its own (the engine's process never
+joins the process group, so it can build and drop engines freely): each joins
+a torch.distributed group (gloo on CPU, nccl on CUDA) over a TCP rendezvous on
+127.0.0.1, builds its ``ModelRunner`` over its shard of the model, and then
+serves calls from the engine over a pipe. A call goes to every rank (each
+step's ``SchedulerOutput`` pickled once per rank); the ranks run it together
+(their layers meet in all-reduces) and rank 0's result comes back. Every rank
+samples from the same gathered logits with the same seeds, so their batches
+stay identical without sending tokens back. A worker that dies or raises fails
+the call with its error; the engine core turns that into failed requests.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import traceback
+import weakref
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+from folo_core.executor.abstract import Executor, WorkerSpec
+from folo_core.logger import init_logger
+from folo_core.quantization import WeightMemory
+from folo_core.registry import SelectionContext
+from folo_core.sched.output import ModelRunnerOutput, SchedulerOutput
+
+logger = init_logger(__name__)
+
+_STOP = "stop"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker_main(spec: WorkerSpec, rank: int, world_size: int, init_method: str, backend: str,
+                 conn: Connection) -> None:
+    """A rank: join the group, build the runner, then run each call the engine sends."""
+    from folo_core.distributed.parallel_state import init_tensor_parallel
+    from folo_core.worker.model_runner import ModelRunner
+
+    try:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+        init_tensor_parallel(rank, world_size, init_method, backend)
+        runner = ModelRunner(spec.config, spec.attn_backend, spec.sampler_cls(), spec.model_loader,
+                             spec.quant_config, spec.proposer)
+        conn.send(("ok", runner.weight_memory))
+    except BaseException as exc:
+        conn.send(("error", f"rank {rank} failed to start: {type(exc).__name__}: {exc}"))
+        return
+    methods = {"determine_num_blocks": runner.determine_num_blocks,
+               "initialize": runner.initialize_kv_cache,
+               "execute_model": runner.execute_model}
+    while True:
+        try:
+            call = conn.recv()
+        except EOFError:  # the engine went away
+            return
+        if call == _STOP:
+            return
+        name, args = call
+        try:
+            result = methods[name](*args)
+            conn.send(("ok", result if rank == 0 or name == "determine_num_blocks" else None))
+        except BaseException as exc:
+            conn.send(("error", f"rank {rank}: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"))
+
+
+def _stop_workers(workers: list[tuple[Any, Connection]]) -> None:
+    for process, conn in workers:
+        try:
+            conn.send(_STOP)
+        except (OSError, ValueError):
+            pass
+    for process, _ in workers:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+
+
+class MultiprocExecutor(Executor):
+    def __init__(self, spec: WorkerSpec) -> None:
+        super().__init__(spec)
+        config = spec.config
+        self.world_size = config.parallel.tensor_parallel_size
+        if spec.quant_config is not None:
+            raise ValueError(f"tensor_parallel_size > 1 does not support {spec.quant_config.name} checkpoints yet")
+        backend = "nccl" if config.model.resolved_device() == "cuda" else "gloo"
+        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        context = multiprocessing.get_context("spawn")
+        self.workers: list[tuple[Any, Connection]] = []
+        for rank in range(self.world_size):
+            parent, child = context.Pipe()
+            process = context.Process(target=_worker_main, name=f"folo-tp-rank{rank}", daemon=True,
+                                      args=(spec, rank, self.world_size, init_method, backend, child))
+            process.start()
+            child.close()
+            self.workers.append((process, parent))
+        self._finalizer = weakref.finalize(self, _stop_workers, self.workers)
+        logger.info("mp executor: %d ranks (%s, %s)", self.world_size, backend, init_method)
+        self._weight_memory: WeightMemory = self._gather()[0]
+
+    @classmethod
+    def check_eligibility(cls, ctx: SelectionContext) -> list[str]:
+        size = ctx.options.get("tensor_parallel_size", 1)
+        return [] if size > 1 else ["tensor_parallel_size is 1 (uni serves it)"]
+
+    def _gather(self) -> list[Any]:
+        """Every rank's reply to the last call, in rank order; raises the first error."""
+        results, errors = [], []
+        for rank, (process, conn) in enumerate(self.workers):
+            try:
+                status, value = conn.recv()
+            except (EOFError, OSError):
+                status, value = "error", f"rank {rank} died (exit code {process.exitcode})"
+            results.append(value)
+            if status == "error":
+                errors.append(value)
+        if errors:
+            raise RuntimeError("; ".join(errors))
+        return results
+
+    def _call(self, name: str, *args: Any) -> list[Any]:
+        for rank, (process, conn) in enumerate(self.workers):
+            try:
+                conn.send((name, args))
+            except (OSError, ValueError):
+                raise RuntimeError(f"rank {rank} is gone (exit code {process.exitcode})") from None
+        return self._gather()
+
+    def determine_num_blocks(self) -> int:
+        return min(self._call("determine_num_blocks"))
+
+    def initialize(self, num_blocks: int) -> None:
+        self._call("initialize", num_blocks)
+
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        return self._call("execute_model", scheduler_output)[0]
+
+    @property
+    def weight_memory(self) -> WeightMemory:
+        return self._weight_memory
+
+    def shutdown(self) -> None:
+        self._finalizer()

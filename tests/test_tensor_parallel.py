@@ -1,0 +1,32 @@
+"""Tensor parallelism on the mp executor: 2 gloo ranks must match one process."""
+
+from __future__ import annotations
+
+import pytest
+
+from folo_core import LLM, SamplingParams
+from helpers import random_prompts
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "llama"])  # qwen3: 1 KV head, replicated on both ranks
+def test_tp2_matches_one_rank_token_for_token_and_in_logprobs(tiny_model_dir, kind):
+    path = str(tiny_model_dir(kind))
+    prompts = [{"prompt_token_ids": p} for p in random_prompts(6, 512, seed=21, min_len=3, max_len=60)]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=3)
+    one = LLM(path, skip_tokenizer_init=True, dtype="float32").generate(prompts, params, use_tqdm=False)
+    tp = LLM(path, skip_tokenizer_init=True, dtype="float32", tensor_parallel_size=2)
+    assert tp.llm_engine.engine_core.selected.executor == "mp"
+    two = tp.generate(prompts, params, use_tqdm=False)
+    for a, b in zip(one, two):
+        assert b.outputs[0].token_ids == a.outputs[0].token_ids
+        for pa, pb in zip(a.outputs[0].logprobs, b.outputs[0].logprobs):
+            assert pa.keys() == pb.keys()
+            for t in pa:  # float32: the all-reduce sums the same products in another order
+                assert abs(pa[t].logprob - pb[t].logprob) < 1e-4
+    tp.llm_engine.shutdown()
+
+
+def test_shapes_the_ranks_cannot_split_are_refused(tiny_model_dir):
+    path = str(tiny_model_dir("llama"))  # 6 heads, 2 KV heads
+    with pytest.raises(Exception, match="tensor_parallel_size=4 does not divide num_attention_heads"):
+        LLM(path, skip_tokenizer_init=True, tensor_parallel_size=4)
