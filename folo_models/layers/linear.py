@@ -148,11 +148,12 @@ class QKVParallelLinear(LinearBase):
         return [output_sizes[0] // self.tp_size, kv, kv]
 
     def _rank_slice(self, loaded: torch.Tensor, dim: int, shard_id: str | int | None = None) -> torch.Tensor:
-        if shard_id not in ("k", "v"):
+        if shard_id not in ("k", "v") or self.tp_size == 1:
             return super()._rank_slice(loaded, dim, shard_id)
         per_rank = self.num_kv_heads_per_rank
         if self.tp_size <= self.total_num_kv_heads:
             first_head = self.tp_rank * per_rank
         else:  # tp_size // num_kv_heads ranks share each head
             first_head = self.tp_rank // (self.tp_size // self.total_num_kv_heads)
-        return loaded.narrow(dim, first_head * self.head_size, per_rank * self.head_size)
+        width = loaded.shape[dim] // self.total_num_kv_heads  # one head's columns (packed ones too)
+        return loaded.narrow(dim, first_head * width, per_rank * width)
