@@ -30,3 +30,17 @@ def test_shapes_the_ranks_cannot_split_are_refused(tiny_model_dir):
     path = str(tiny_model_dir("llama"))  # 6 heads, 2 KV heads
     with pytest.raises(Exception, match="tensor_parallel_size=4 does not divide num_attention_heads"):
         LLM(path, skip_tokenizer_init=True, tensor_parallel_size=4)
+
+
+@pytest.mark.parametrize("name", ["qwen2-gall-asym", "qwen3-g32-act-asym"])  # one group; act-order
+def test_tp2_gptq_matches_one_rank(gptq_checkpoint, name):
+    """GPTQ layers shard by vLLM's rule: scales and zeros split with the input rows only when
+    groups follow the rows; with one group or act-order every rank keeps them all."""
+    path = str(gptq_checkpoint(name))
+    prompts = [{"prompt_token_ids": p} for p in random_prompts(4, 512, seed=5, min_len=3, max_len=40)]
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    one = LLM(path, skip_tokenizer_init=True, dtype="float32").generate(prompts, params, use_tqdm=False)
+    tp = LLM(path, skip_tokenizer_init=True, dtype="float32", tensor_parallel_size=2)
+    two = tp.generate(prompts, params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in two] == [o.outputs[0].token_ids for o in one]
+    tp.llm_engine.shutdown()

@@ -91,8 +91,6 @@ class MultiprocExecutor(Executor):
         super().__init__(spec)
         config = spec.config
         self.world_size = config.parallel.tensor_parallel_size
-        if spec.quant_config is not None:
-            raise ValueError(f"tensor_parallel_size > 1 does not support {spec.quant_config.name} checkpoints yet")
         backend = "nccl" if config.model.resolved_device() == "cuda" else "gloo"
         init_method = f"tcp://127.0.0.1:{_free_port()}"
         context = multiprocessing.get_context("spawn")

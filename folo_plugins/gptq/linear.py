@@ -48,10 +48,15 @@ class GPTQLinearMethod(QuantizationMethod):
             raise CheckpointError(f"{where}: GPTQ packs {pf} {bits}-bit values per int32, so input size "
                                   f"{input_size} and output sizes {output_partition_sizes} must be multiples of {pf}")
         output_size = sum(output_partition_sizes)
-        groups = 1 if self.scheme.group_size == -1 else cdiv(input_size, self.scheme.group_size)
         # A row-parallel split cuts scales/zeros with the input rows unless one group spans them
-        # all or act-order scatters each group's rows (vLLM's rule).
+        # all or act-order scatters each group's rows (vLLM's rule): then every rank keeps all groups.
         group_dims = {} if self.scheme.group_size == -1 or self.scheme.desc_act else {"input_dim": 0}
+        ranks = getattr(layer, "tp_size", 1) if getattr(layer, "split_input", False) else 1
+        if ranks > 1 and group_dims and input_size % self.scheme.group_size:
+            raise CheckpointError(f"{where}: each of the {ranks} ranks holds {input_size} input rows, "
+                                  f"not a multiple of group_size {self.scheme.group_size}")
+        group_rows = input_size if group_dims else input_size * ranks
+        groups = 1 if self.scheme.group_size == -1 else cdiv(group_rows, self.scheme.group_size)
         _param(layer, "qweight", torch.empty(input_size // pf, output_size, dtype=torch.int32), weight_loader,
                input_dim=0, output_dim=1)
         _param(layer, "qzeros", torch.empty(groups, output_size // pf, dtype=torch.int32), weight_loader,
@@ -65,6 +70,8 @@ class GPTQLinearMethod(QuantizationMethod):
         """Decode the zero points, check ``g_idx``, and let the chosen kernel repack the layer."""
         groups = layer.scales.shape[0]
         g_idx = layer.g_idx.data
+        if getattr(layer.scales, "input_dim", None) is not None and getattr(layer, "split_input", False):
+            g_idx = g_idx - layer.tp_rank * groups  # this rank's rows hold groups rank*groups.. of the checkpoint
         if g_idx.numel() and not (0 <= int(g_idx.min()) and int(g_idx.max()) < groups):
             raise CheckpointError(f"{layer.prefix}.g_idx holds groups {int(g_idx.min())}..{int(g_idx.max())}, "
                                   f"but scales has {groups}")
