@@ -1,7 +1,8 @@
-"""One decoder-only transformer for Llama, Qwen2/2.5 and Qwen3.
+"""One decoder-only transformer for Llama, Qwen2/2.5, Qwen3 and Granite.
 
-The three differ only in switches read from the HF config: bias on q/k/v (Qwen2),
-RMSNorm on q and k per head (Qwen3), explicit ``head_dim``, tied embeddings.
+They differ only in switches read from the HF config: bias on q/k/v (Qwen2),
+RMSNorm on q and k per head (Qwen3), explicit ``head_dim``, tied embeddings, and
+Granite's multipliers (embeddings, residual branches, attention scale, logits).
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ class DecoderSpec:
     mlp_bias: bool
     qk_norm: bool
     tie_word_embeddings: bool
+    # Granite's scalars (1.0 and head_dim ** -0.5 elsewhere).
+    embedding_multiplier: float
+    residual_multiplier: float
+    attention_scale: float
+    logits_scaling: float
 
     @classmethod
     def from_hf_config(cls, arch: str, cfg: Any, max_position: int) -> "DecoderSpec":
@@ -56,6 +62,7 @@ class DecoderSpec:
             raise CheckpointError("sliding-window attention layers are not supported")
         attention_bias = bool(getattr(cfg, "attention_bias", False))
         num_heads = cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // num_heads
         return cls(
             vocab_size=cfg.vocab_size,
             hidden_size=cfg.hidden_size,
@@ -63,7 +70,7 @@ class DecoderSpec:
             num_layers=cfg.num_hidden_layers,
             num_heads=num_heads,
             num_kv_heads=getattr(cfg, "num_key_value_heads", None) or num_heads,
-            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // num_heads,
+            head_dim=head_dim,
             rms_norm_eps=cfg.rms_norm_eps,
             max_position=max_position,
             qkv_bias=True if arch == "Qwen2ForCausalLM" else attention_bias,
@@ -71,6 +78,10 @@ class DecoderSpec:
             mlp_bias=bool(getattr(cfg, "mlp_bias", False)),
             qk_norm=arch == "Qwen3ForCausalLM",
             tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+            embedding_multiplier=float(getattr(cfg, "embedding_multiplier", 1.0)),
+            residual_multiplier=float(getattr(cfg, "residual_multiplier", 1.0)),
+            attention_scale=float(getattr(cfg, "attention_multiplier", None) or head_dim ** -0.5),
+            logits_scaling=float(getattr(cfg, "logits_scaling", 1.0)),
         )
 
 
@@ -108,7 +119,7 @@ class DecoderAttention(nn.Module):
         self.qk_norm = None
         if spec.qk_norm:
             self.qk_norm = QKNorm(self.num_heads, self.num_kv_heads, spec.head_dim, spec.rms_norm_eps)
-        self.attn = Attention(ctx.attn_backend, self.num_heads, spec.head_dim, spec.head_dim ** -0.5,
+        self.attn = Attention(ctx.attn_backend, self.num_heads, spec.head_dim, spec.attention_scale,
                               self.num_kv_heads, prefix=f"{prefix}.attn")
 
     def forward(self, cos_sin: tuple[torch.Tensor, torch.Tensor], hidden_states: torch.Tensor) -> torch.Tensor:
@@ -142,15 +153,22 @@ class DecoderLayer(nn.Module):
         self.mlp = DecoderMLP(spec, ctx.quant_config, f"{prefix}.mlp", ctx.dtype)
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.residual_multiplier = spec.residual_multiplier
 
     def forward(self, cos_sin, hidden_states, residual):
+        """Returns the MLP branch and the residual stream; the next norm adds them."""
         if residual is None:
             residual, hidden_states = hidden_states, self.input_layernorm(hidden_states)
         else:
             hidden_states, residual = self.input_layernorm(hidden_states, residual)
         hidden_states = self.self_attn(cos_sin, hidden_states)
+        if self.residual_multiplier != 1.0:  # Granite scales each branch before it joins the stream
+            hidden_states = hidden_states * self.residual_multiplier
         hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
-        return self.mlp(hidden_states), residual
+        hidden_states = self.mlp(hidden_states)
+        if self.residual_multiplier != 1.0:
+            hidden_states = hidden_states * self.residual_multiplier
+        return hidden_states, residual
 
 
 class DecoderModel(nn.Module):
@@ -160,9 +178,12 @@ class DecoderModel(nn.Module):
         self.rotary_emb = RotaryEmbedding(hf_config, spec.head_dim, spec.max_position)
         self.layers = nn.ModuleList(DecoderLayer(spec, ctx, f"model.layers.{i}") for i in range(spec.num_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.embedding_multiplier = spec.embedding_multiplier
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden_states, residual = self.embed_tokens(input_ids), None
+        if self.embedding_multiplier != 1.0:
+            hidden_states = hidden_states * self.embedding_multiplier
         cos_sin = self.rotary_emb.cos_sin(positions, hidden_states.dtype)
         for layer in self.layers:
             hidden_states, residual = layer(cos_sin, hidden_states, residual)
@@ -199,7 +220,8 @@ class DecoderForCausalLM(nn.Module):
         return self.model(input_ids, positions)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.lm_head.compute_logits(hidden_states)
+        logits = self.lm_head.compute_logits(hidden_states)
+        return logits if self.spec.logits_scaling == 1.0 else logits / self.spec.logits_scaling
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load HF-named tensors into the fused parameters; every gap is an error."""

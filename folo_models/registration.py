@@ -7,7 +7,7 @@ import functools
 from folo_core.hookspecs import hookimpl
 from folo_models.decoder import load_decoder
 
-ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "GraniteForCausalLM")
 
 
 @hookimpl
