@@ -126,6 +126,10 @@ class InputBatch:
         start = self.num_tokens[row]
         self.token_ids[row, start:start + len(draft_token_ids)] = draft_token_ids
 
+    def _output_ends(self, rows: np.ndarray, num_drafts_before: np.ndarray | None) -> np.ndarray:
+        """Per row, the end of its outputs so far: its tokens, plus the drafts before its position."""
+        return self.num_tokens[rows] + (0 if num_drafts_before is None else num_drafts_before)
+
     def logits_processing_rows(self, rows: np.ndarray, num_drafts_before: np.ndarray | None = None,
                                ) -> list[tuple[int, SamplingParams, list[int]]]:
         """(index among ``rows``, params, output ids) of the sampling rows whose logits get edited.
@@ -135,7 +139,7 @@ class InputBatch:
         """
         if not self.logits_processed:
             return []
-        ends = self.num_tokens[rows] + (0 if num_drafts_before is None else num_drafts_before)
+        ends = self._output_ends(rows, num_drafts_before)
         out = []
         for i, row in enumerate(rows.tolist()):
             req_id = self.req_ids[row]
@@ -149,7 +153,7 @@ class InputBatch:
     def sampling_metadata(self, rows: np.ndarray, num_drafts_before: np.ndarray | None = None) -> SamplingMetadata:
         """Tensors for the rows that sample this step, in that order (``num_drafts_before``: as
         in ``logits_processing_rows``)."""
-        ends = self.num_tokens[rows] + (0 if num_drafts_before is None else num_drafts_before)
+        ends = self._output_ends(rows, num_drafts_before)
         temperature = self.temperature[rows]
         greedy = temperature < _EPS
         req_ids = [self.req_ids[r] for r in rows]

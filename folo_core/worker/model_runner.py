@@ -261,7 +261,8 @@ class ModelRunner:
         result = ModelRunnerOutput(sampled_token_ids={})
         want = batch.num_logprobs[sample_rows]
         if (want >= 0).any():  # logprobs of each emitted token, from its position's logits
-            starts = np.cumsum([len(d) + 1 for d in drafts]) - [len(d) + 1 for d in drafts]
+            rows_per_request = np.array([len(d) + 1 for d in drafts])
+            starts = np.cumsum(rows_per_request) - rows_per_request
             positions = torch.tensor([int(s) + j for s, tokens in zip(starts, emitted) for j in range(len(tokens))])
             tokens = torch.tensor([t for tokens in emitted for t in tokens])
             ids, lps, ranks = (t.tolist() for t in compute_logprobs(logits[positions], tokens, int(want.max())))

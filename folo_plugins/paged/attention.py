@@ -42,7 +42,8 @@ def cpu_decode_kernel_available() -> bool:
 
 @dataclass
 class DecodeBucket:
-    """Decode requests of similar length, attended in one call."""
+    """Decode tokens attended in one call: every one of the step through the C++ kernel, or,
+    for the SDPA fallback, those of requests of similar length."""
 
     token_idx: torch.Tensor | None  # [n] positions in the flat batch; None: every token, in order
     block_table: torch.Tensor  # int32 [n, max_blocks] their block tables (contiguous), for the kernel
