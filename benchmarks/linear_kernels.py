@@ -13,7 +13,8 @@ Candidates: ``aten`` (``F.linear``, what eager runs), ``mm_t`` (``torch.mm`` on
 a pre-transposed weight), ``mkldnn`` (oneDNN prepacked weight,
 ``torch.ops.mkldnn._linear_pointwise``, what inductor's freezing emits for
 bf16), ``mkl`` (MKL packed sgemm, float32 only, what freezing emits for
-float32) and ``int8`` (weight-only int8 with per-channel scales,
+float32), ``folo_bf16`` (Folo's AVX512-BF16 kernel, ``folo_core/kernels/csrc/bf16_linear.cpp``)
+and ``int8`` (weight-only int8 with per-channel scales,
 ``torch._weight_int8pack_mm``: half the bytes of bf16, not bit-exact).
 """
 
@@ -27,6 +28,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from folo_core.kernels import bf16_linear
 from folo_core.platform import cpu_isa_summary
 
 
@@ -48,6 +50,11 @@ def prepare(method: str, w: torch.Tensor, m: int) -> Callable[[torch.Tensor], to
     if method == "mkl":
         packed = torch.ops.mkl._mkl_reorder_linear_weight(w, m)
         return lambda x: torch.ops.mkl._mkl_linear(x, packed, w, None, m)
+    if method == "folo_bf16":
+        if not bf16_linear.available() or w.dtype != torch.bfloat16:
+            raise RuntimeError("needs bf16 and the AVX512-BF16 kernel")
+        packed = bf16_linear.pack(w)
+        return lambda x: bf16_linear.linear(x, packed, None, w.shape[0])
     if method == "int8":
         scales = w.float().abs().amax(dim=1).clamp_min(1e-8) / 127
         q = (w.float() / scales[:, None]).round().clamp(-127, 127).to(torch.int8)
@@ -84,7 +91,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=30)
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-    parser.add_argument("--methods", nargs="+", default=["aten", "mm_t", "mkldnn", "mkl", "int8"])
+    parser.add_argument("--methods", nargs="+", default=["aten", "mm_t", "mkldnn", "mkl", "folo_bf16", "int8"])
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
 

@@ -55,14 +55,16 @@ class UnquantizedLinearMethod(QuantizationMethod):
         layer.register_parameter("weight", weight)
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
-        """On CPU, prepack the weight for oneDNN (``folo_core.kernels.cpu_linear``)."""
+        """On CPU, pack the weight for its kernel (``folo_core.kernels.cpu_linear``)."""
         if cpu_linear.can_pack(layer.weight):
-            layer.weight = nn.Parameter(cpu_linear.pack(layer.weight.data), requires_grad=False)
-            layer.weight_packed = True
+            layer.out_features = layer.weight.shape[0]
+            layer.linear_kernel, packed = cpu_linear.pack(layer.weight.data)
+            layer.weight = nn.Parameter(packed, requires_grad=False)
 
     def apply(self, layer, x, bias=None) -> torch.Tensor:
-        if getattr(layer, "weight_packed", False):
-            return cpu_linear.packed_linear(x, layer.weight, bias)
+        kernel = getattr(layer, "linear_kernel", None)
+        if kernel is not None:
+            return cpu_linear.packed_linear(x, kernel, layer.weight, bias, layer.out_features)
         return torch.nn.functional.linear(x, layer.weight, bias)
 
 

@@ -1,4 +1,4 @@
-"""Unquantized linears on CPU through oneDNN with a prepacked weight.
+"""Unquantized linears on CPU over a weight packed once, at load, for its kernel.
 
 ``F.linear`` hands oneDNN/MKL a plain row-major weight and lets it reorder the
 weight on every call; at decode batch sizes that reorder costs as much as the
@@ -9,6 +9,8 @@ linears at M=1 take 12 ms instead of 22 ms in bf16 and 23 ms instead of 38 ms in
 float32 (``benchmarks/linear_kernels.py`` has the other candidates and why they
 lost). The packed tensor is opaque (``torch._mkldnn`` layout), so compiled
 graphs reach it through the ``folo::mkldnn_linear`` custom op, never directly.
+Where the CPU has AVX512-BF16, bf16 weights go to Folo's own kernel instead
+(``bf16_linear``), which streams them faster still at decode batch sizes.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import functools
 
 import torch
 
+from folo_core.kernels import bf16_linear
 from folo_core.kernels.ops import define_op
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+FOLO_BF16, ONEDNN = "folo_bf16", "onednn"
 
 
 @functools.cache
@@ -34,18 +38,26 @@ def can_pack(weight: torch.Tensor) -> bool:
     return weight.device.type == "cpu" and weight.dim() == 2 and weight.dtype in _mkldnn_dtypes()
 
 
-def pack(weight: torch.Tensor) -> torch.Tensor:
-    """The weight in oneDNN's blocked layout (same shape and dtype, opaque storage)."""
-    return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
+def pack(weight: torch.Tensor) -> tuple[str, torch.Tensor]:
+    """The kernel that will run this weight and the weight in its layout: Folo's
+    AVX512-BF16 kernel for bf16 where the CPU has it, else oneDNN's blocked layout
+    (same shape and dtype, opaque storage)."""
+    if weight.dtype == torch.bfloat16 and bf16_linear.available():
+        return FOLO_BF16, bf16_linear.pack(weight)
+    return ONEDNN, torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
 
 
 def _linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x W^T + b`` with ``W`` from ``pack``; ``x`` is [tokens, in_features]."""
+    """``x W^T + b`` with ``W`` in oneDNN's layout; ``x`` is [tokens, in_features]."""
     return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, "none", [], "")
 
 
-def packed_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x W^T + b``; eager calls oneDNN directly (a custom op costs about 15 us a call)."""
+def packed_linear(x: torch.Tensor, kernel: str, packed_weight: torch.Tensor, bias: torch.Tensor | None,
+                  out_features: int) -> torch.Tensor:
+    """``x W^T + b`` with ``W`` from ``pack``; eager calls oneDNN directly (a custom op
+    costs about 15 us a call), a compiled graph through ``folo::mkldnn_linear``."""
+    if kernel == FOLO_BF16:
+        return bf16_linear.linear(x, packed_weight, bias, out_features)
     if torch.compiler.is_compiling():
         return mkldnn_linear(x, packed_weight, bias)
     return _linear(x, packed_weight, bias)

@@ -50,7 +50,7 @@ class ParallelLMHead(VocabParallelEmbedding):
     """Projects hidden states to vocabulary logits (each rank its rows, gathered).
 
     The projection runs through the unquantized linear method, so on CPU its weight is
-    prepacked for oneDNN after loading; a tied head then keeps its own packed copy and the
+    packed for its CPU kernel after loading; a tied head then keeps its own packed copy and the
     embedding keeps the plain one (the largest matmul of a decode step, 1.5x faster).
     """
 

@@ -125,7 +125,7 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& key
 
 }  // namespace
 
-TORCH_LIBRARY(folo_cpu, m) {
+TORCH_LIBRARY_FRAGMENT(folo_cpu, m) {
   m.def("paged_decode_attention(Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_table, "
         "Tensor seq_lens, float scale) -> Tensor");
 }

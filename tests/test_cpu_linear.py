@@ -1,0 +1,76 @@
+"""The CPU linear kernels against a float64 reference, over the shapes a model has and the edges.
+
+Folo's AVX512-BF16 kernel runs only where the CPU has the instruction (the
+oneDNN path, tested by every model test, runs everywhere else); its test says
+so when it cannot run.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from folo_core.kernels import bf16_linear, cpu_linear
+
+needs_bf16_kernel = pytest.mark.skipif(not bf16_linear.available(),
+                                       reason="needs AVX512-BF16 and a C++ compiler")
+
+
+def _reference(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    out = x.double() @ w.double().T
+    return out if bias is None else out + bias.double()
+
+
+@needs_bf16_kernel
+@pytest.mark.parametrize("n,k", [(960, 576), (576, 1536), (33, 64), (577, 575), (16, 2), (1, 1)])
+@pytest.mark.parametrize("m", [1, 2, 5, 6, 7, 13, 97, 200])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_bf16_kernel_matches_reference(n: int, k: int, m: int, with_bias: bool) -> None:
+    """Within the bf16 rounding of the output (fp32 accumulation), for every row and tile remainder,
+    odd and padded sizes, and more rows than one panel (96)."""
+    gen = torch.Generator().manual_seed(n * 1000 + k + m)
+    w = (torch.randn(n, k, generator=gen) / k ** 0.5).bfloat16()
+    x = torch.randn(m, k, generator=gen).bfloat16()
+    bias = torch.randn(n, generator=gen).bfloat16() if with_bias else None
+    y = bf16_linear.linear(x, bf16_linear.pack(w), bias, n)
+    assert y.shape == (m, n) and y.dtype == torch.bfloat16
+    ref = _reference(x, w, bias)
+    torch.testing.assert_close(y.double(), ref, rtol=2 ** -7, atol=1e-5)
+
+
+@needs_bf16_kernel
+def test_bf16_kernel_agrees_with_f_linear() -> None:
+    """Same arithmetic as torch's bf16 matmul (fp32 accumulation, one rounding): at most a rare
+    one-ulp difference."""
+    w = (torch.randn(1536, 576) / 24).bfloat16()
+    x = torch.randn(8, 576).bfloat16()
+    y, ref = bf16_linear.linear(x, bf16_linear.pack(w), None, 1536), torch.nn.functional.linear(x, w)
+    assert (y != ref).float().mean() < 1e-3
+    torch.testing.assert_close(y, ref, rtol=2 ** -7, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_linear_matches_f_linear(dtype: torch.dtype) -> None:
+    """Whichever kernel ``pack`` picks on this CPU, the unquantized linear's result is F.linear's."""
+    w, bias, x = torch.randn(200, 64, dtype=dtype), torch.randn(200, dtype=dtype), torch.randn(3, 64, dtype=dtype)
+    if not cpu_linear.can_pack(w):
+        pytest.skip(f"oneDNN cannot multiply {dtype} here")
+    kernel, packed = cpu_linear.pack(w)
+    expected = cpu_linear.FOLO_BF16 if dtype == torch.bfloat16 and bf16_linear.available() else cpu_linear.ONEDNN
+    assert kernel == expected
+    torch.testing.assert_close(cpu_linear.packed_linear(x, kernel, packed, bias, 200),
+                               torch.nn.functional.linear(x, w, bias), rtol=2 ** -7, atol=1e-5)
+
+
+@needs_bf16_kernel
+def test_bf16_kernel_in_a_compiled_graph() -> None:
+    """The op has a shape function, so a compiled graph holds it (no graph break) and gives eager's result."""
+    w = torch.randn(64, 32).bfloat16()
+    packed = bf16_linear.pack(w)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return bf16_linear.linear(x * 2, packed, None, 64).relu()
+
+    x = torch.randn(5, 32).bfloat16()
+    compiled = torch.compile(f, fullgraph=True, dynamic=True)
+    torch.testing.assert_close(compiled(x), f(x), rtol=0, atol=0)
