@@ -57,3 +57,31 @@ def eos_token_ids(hf_config: Any, tokenizer: Any, model_path: str) -> frozenset[
 
         ids |= _as_set(GenerationConfig.from_pretrained(model_path).eos_token_id)
     return frozenset(ids)
+
+
+def layer_sliding_windows(hf_config: Any) -> tuple[int | None, ...]:
+    """Each decoder layer's attention window in tokens (None: full attention), as HF applies it.
+
+    A query at position ``i`` sees the keys at ``j`` with ``i - W < j <= i``. ``layer_types``
+    (Gemma 2/3, Qwen2/3 with ``use_sliding_window``) names each layer's kind; without it a
+    ``sliding_window`` (Mistral, Phi-3) applies to every layer. Any other layer kind is refused:
+    running it as full attention would silently change the model.
+    """
+    num_layers = hf_config.num_hidden_layers
+    window = getattr(hf_config, "sliding_window", None)
+    layer_types = getattr(hf_config, "layer_types", None)
+    if layer_types is None:
+        return (window or None,) * num_layers
+    if len(layer_types) != num_layers:
+        raise CheckpointError(f"layer_types has {len(layer_types)} entries for {num_layers} layers")
+    unknown = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
+    if unknown:
+        raise CheckpointError(f"layer type(s) {unknown} are not supported (only full_attention, sliding_attention)")
+    if "sliding_attention" in layer_types and not window:
+        raise CheckpointError("layer_types has sliding_attention layers but sliding_window is not set")
+    return tuple(window if kind == "sliding_attention" else None for kind in layer_types)
+
+
+def kv_sliding_window(windows: tuple[int | None, ...]) -> int | None:
+    """The window after which a token's KV is dead in every layer (None if any layer is full)."""
+    return None if not windows or None in windows else max(windows)

@@ -1,8 +1,9 @@
-"""One decoder-only transformer for Llama, Qwen2/2.5, Qwen3 and Granite.
+"""One decoder-only transformer for Llama, Mistral, Qwen2/2.5, Qwen3 and Granite.
 
 They differ only in switches read from the HF config: bias on q/k/v (Qwen2),
-RMSNorm on q and k per head (Qwen3), explicit ``head_dim``, tied embeddings, and
-Granite's multipliers (embeddings, residual branches, attention scale, logits).
+RMSNorm on q and k per head (Qwen3), explicit ``head_dim``, tied embeddings,
+Granite's multipliers (embeddings, residual branches, attention scale, logits),
+and each layer's sliding window (Mistral; Qwen2/3 with ``use_sliding_window``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from folo_core.attention.layer import Attention
+from folo_core.hf_utils import layer_sliding_windows
 from folo_core.models import CheckpointError, ModelLoadContext
 from folo_core.quantization import QuantizationConfig
 from folo_models.layers.activation import SiluAndMul
@@ -52,14 +54,12 @@ class DecoderSpec:
     residual_multiplier: float
     attention_scale: float
     logits_scaling: float
+    layer_windows: tuple[int | None, ...]  # each layer's sliding window (None: full attention)
 
     @classmethod
     def from_hf_config(cls, arch: str, cfg: Any, max_position: int) -> "DecoderSpec":
         if getattr(cfg, "hidden_act", "silu") != "silu":
             raise CheckpointError(f"hidden_act {cfg.hidden_act!r} is not supported (only 'silu')")
-        layer_types = getattr(cfg, "layer_types", None) or []
-        if getattr(cfg, "use_sliding_window", False) or any(t != "full_attention" for t in layer_types):
-            raise CheckpointError("sliding-window attention layers are not supported")
         attention_bias = bool(getattr(cfg, "attention_bias", False))
         num_heads = cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // num_heads
@@ -82,6 +82,7 @@ class DecoderSpec:
             residual_multiplier=float(getattr(cfg, "residual_multiplier", 1.0)),
             attention_scale=float(getattr(cfg, "attention_multiplier", None) or head_dim ** -0.5),
             logits_scaling=float(getattr(cfg, "logits_scaling", 1.0)),
+            layer_windows=layer_sliding_windows(cfg),
         )
 
 
@@ -104,7 +105,7 @@ class DecoderAttention(nn.Module):
     """Each rank holds ``heads / ranks`` query heads and its share of the KV heads (a replica of
     one when there are more ranks than KV heads); ``o_proj`` sums the ranks' outputs."""
 
-    def __init__(self, spec: DecoderSpec, ctx: ModelLoadContext, prefix: str) -> None:
+    def __init__(self, spec: DecoderSpec, ctx: ModelLoadContext, prefix: str, sliding_window: int | None) -> None:
         super().__init__()
         quant = ctx.quant_config
         self.qkv_proj = QKVParallelLinear(spec.hidden_size, spec.head_dim, spec.num_heads, spec.num_kv_heads,
@@ -120,7 +121,7 @@ class DecoderAttention(nn.Module):
         if spec.qk_norm:
             self.qk_norm = QKNorm(self.num_heads, self.num_kv_heads, spec.head_dim, spec.rms_norm_eps)
         self.attn = Attention(ctx.attn_backend, self.num_heads, spec.head_dim, spec.attention_scale,
-                              self.num_kv_heads, prefix=f"{prefix}.attn")
+                              self.num_kv_heads, prefix=f"{prefix}.attn", sliding_window=sliding_window)
 
     def forward(self, cos_sin: tuple[torch.Tensor, torch.Tensor], hidden_states: torch.Tensor) -> torch.Tensor:
         # Queries and keys sit side by side in the fused output: norm and rotate them as one
@@ -147,9 +148,10 @@ class DecoderMLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, spec: DecoderSpec, ctx: ModelLoadContext, prefix: str) -> None:
+    def __init__(self, spec: DecoderSpec, ctx: ModelLoadContext, layer_idx: int) -> None:
         super().__init__()
-        self.self_attn = DecoderAttention(spec, ctx, f"{prefix}.self_attn")
+        prefix = f"model.layers.{layer_idx}"
+        self.self_attn = DecoderAttention(spec, ctx, f"{prefix}.self_attn", spec.layer_windows[layer_idx])
         self.mlp = DecoderMLP(spec, ctx.quant_config, f"{prefix}.mlp", ctx.dtype)
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
@@ -176,7 +178,7 @@ class DecoderModel(nn.Module):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(spec.vocab_size, spec.hidden_size, ctx.dtype)
         self.rotary_emb = RotaryEmbedding(hf_config, spec.head_dim, spec.max_position)
-        self.layers = nn.ModuleList(DecoderLayer(spec, ctx, f"model.layers.{i}") for i in range(spec.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(spec, ctx, i) for i in range(spec.num_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.embedding_multiplier = spec.embedding_multiplier
 

@@ -75,9 +75,9 @@ def _check_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     _check(q.shape[-2] % num_heads_k == 0, "Number of heads in key/value must divide number of heads in query")
 
 
-def _check_no_extras(dropout_p: float, window_size: tuple[int, int], softcap: float, alibi_slopes) -> None:
-    if dropout_p or tuple(window_size) != (-1, -1) or softcap or alibi_slopes is not None:
-        raise NotImplementedError("reference: dropout, sliding window, softcap and ALiBi are not implemented")
+def _check_no_extras(dropout_p: float, softcap: float, alibi_slopes) -> None:
+    if dropout_p or softcap or alibi_slopes is not None:
+        raise NotImplementedError("reference: dropout, softcap and ALiBi are not implemented")
 
 
 def _gather_paged(cache: torch.Tensor, block_row: torch.Tensor, length: int) -> torch.Tensor:
@@ -92,15 +92,32 @@ def _gather_paged(cache: torch.Tensor, block_row: torch.Tensor, length: int) -> 
     return cache.index_select(0, ids).flatten(0, 1)[:length]
 
 
-def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool) -> torch.Tensor:
-    """Exact attention of one sequence in float32: q [Lq, H, d], k/v [Lk, Hk, d] -> [Lq, H, d]."""
+def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
+                window_size: tuple[int, int]) -> torch.Tensor:
+    """Exact attention of one sequence in float32: q [Lq, H, d], k/v [Lk, Hk, d] -> [Lq, H, d].
+
+    Query ``i`` sits at key position ``i + Lk - Lq`` (bottom-right alignment); ``window_size``
+    (left, right) keeps the keys from ``left`` before it to ``right`` after it (-1: unbounded),
+    ``causal`` sets right to 0, as upstream does. Like upstream, keys left of every query's
+    window are never read (their blocks may hold another sequence's data, or NaN)."""
+    left, right = window_size
+    if left >= 0:  # drop the keys no query sees, and shift positions to match
+        first = max(0, k.shape[0] - q.shape[0] - left)
+        k, v = k[first:], v[first:]
     lq, lk = q.shape[0], k.shape[0]
     group = q.shape[1] // k.shape[1]
     k, v = k.float().repeat_interleave(group, dim=1), v.float().repeat_interleave(group, dim=1)
     scores = torch.einsum("qhd,khd->hqk", q.float(), k) * scale
     if causal:
-        allowed = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
-        scores = scores.masked_fill(~allowed, -math.inf)
+        right = 0
+    q_pos = torch.arange(lq, device=q.device)[:, None] + lk - lq
+    k_pos = torch.arange(lk, device=q.device)[None, :]
+    allowed = torch.ones(lq, lk, dtype=torch.bool, device=q.device)
+    if left >= 0:
+        allowed &= k_pos >= q_pos - left
+    if right >= 0:
+        allowed &= k_pos <= q_pos + right
+    scores = scores.masked_fill(~allowed, -math.inf)
     probs = scores.softmax(dim=-1).nan_to_num(0.0)  # fully masked rows -> zero output
     return torch.einsum("hqk,khd->qhd", probs, v)
 
@@ -109,7 +126,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                            deterministic=False, return_attn_probs=False, block_table=None):
     """Paged ``flash_attn_varlen_func``: q [total_q, nheads, d] -> out [total_q, nheads, d] in q.dtype."""
-    _check_no_extras(dropout_p, window_size, softcap, alibi_slopes)
+    _check_no_extras(dropout_p, softcap, alibi_slopes)
     if return_attn_probs:
         raise NotImplementedError("reference: return_attn_probs is not implemented")
     _check(q.dim() == 3, "q must have shape (total_q, num_heads, head_size)")
@@ -137,7 +154,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     for b in range(batch_size):
         kv_len = ck[b + 1] - ck[b]
         keys, values = _gather_paged(k, block_table[b], kv_len), _gather_paged(v, block_table[b], kv_len)
-        out[cq[b]:cq[b + 1]] = _attend_one(q[cq[b]:cq[b + 1]], keys, values, scale, causal)
+        out[cq[b]:cq[b + 1]] = _attend_one(q[cq[b]:cq[b + 1]], keys, values, scale, causal, window_size)
     return out.to(q.dtype)
 
 
@@ -146,7 +163,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                             softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                             rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False):
     """Paged ``flash_attn_with_kvcache`` without appends: q [batch, seqlen_q, nheads, d] -> same shape."""
-    _check_no_extras(0.0, window_size, softcap, alibi_slopes)
+    _check_no_extras(0.0, softcap, alibi_slopes)
     if any(x is not None for x in (k, v, rotary_cos, rotary_sin, cache_batch_idx, cache_leftpad)) or return_softmax_lse:
         raise NotImplementedError("reference: appending k/v, rotary, cache_batch_idx, cache_leftpad and "
                                   "return_softmax_lse are not implemented")
@@ -164,5 +181,5 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     for b, kv_len in enumerate(cache_seqlens.tolist()):
         keys, values = _gather_paged(k_cache, block_table[b], kv_len), _gather_paged(v_cache, block_table[b], kv_len)
-        out[b] = _attend_one(q[b], keys, values, scale, causal)
+        out[b] = _attend_one(q[b], keys, values, scale, causal, window_size)
     return out.to(q.dtype)

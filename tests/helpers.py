@@ -15,16 +15,21 @@ TINY_CONFIGS: dict[str, dict] = {
     "qwen3": dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", hidden_size=64, intermediate_size=160,
                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=32, vocab_size=512,
                   max_position_embeddings=512, tie_word_embeddings=False, rope_theta=1000000.0),
-    # GQA 3, untied, head_dim 16.
     # Granite: Llama plus multipliers (embeddings, residual branches, attention scale, logits); GQA 2, tied.
     "granite": dict(architectures=["GraniteForCausalLM"], model_type="granite", hidden_size=64,
                     intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                     vocab_size=512, max_position_embeddings=512, tie_word_embeddings=True, rope_theta=10000.0,
                     embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.0078125,
                     logits_scaling=8.0),
+    # GQA 3, untied, head_dim 16.
     "llama": dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=96, intermediate_size=192,
                   num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2, vocab_size=512,
                   max_position_embeddings=512, tie_word_embeddings=False, rope_theta=10000.0),
+    # Mistral: Llama plus a sliding window (12 tokens, shorter than most test prompts); GQA 2, untied.
+    "mistral": dict(architectures=["MistralForCausalLM"], model_type="mistral", hidden_size=64,
+                    intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                    vocab_size=512, max_position_embeddings=512, tie_word_embeddings=False, rope_theta=10000.0,
+                    sliding_window=12),
 }
 
 

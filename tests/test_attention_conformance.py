@@ -3,6 +3,8 @@ runs in a third-party test suite from a two-line subclass."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -57,8 +59,9 @@ def _case(scenario: str, gqa_ratio: int = 2) -> ConformanceCase:
 class _DefaultScaleImpl(NaiveAttentionImpl):
     """Ignores the model's softmax scale."""
 
-    def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int) -> None:
-        super().__init__(num_heads, head_size, head_size ** -0.5, num_kv_heads)
+    def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int,
+                 sliding_window: int | None = None) -> None:
+        super().__init__(num_heads, head_size, head_size ** -0.5, num_kv_heads, sliding_window)
 
 
 class _DefaultScaleBackend(NaiveAttentionBackend):
@@ -141,10 +144,45 @@ def test_third_party_subclass_runs_declared_cases_and_skips_the_rest(pytester):
             backend = Float32Only
     """)
     result = pytester.runpytest_inprocess("-v", "-rs", "-k", "gqa2")
-    result.assert_outcomes(passed=8, skipped=8)
+    result.assert_outcomes(passed=16, skipped=16)  # 4 scenarios x 2 block sizes, full and windowed
     result.stdout.fnmatch_lines(["*test_conformance?prefill-gqa2-bs8-float32? PASSED*",
-                                 "*test_conformance?prefill-gqa2-bs16-float32? PASSED*"])
+                                 "*test_conformance?prefill-gqa2-bs16-float32? PASSED*",
+                                 "*test_conformance?decode-gqa2-bs8-sw7-float32? PASSED*"])
     result.stdout.fnmatch_lines(["*float32_only cannot run *bfloat16 on cpu: dtype torch.bfloat16 not in*"])
+
+
+def test_undeclared_sliding_window_is_skipped_with_the_reason():
+    """A backend that does not declare windows (the default) never gets a windowed model."""
+    class NoWindow(PagedSDPABackend):
+        name = "no_window"
+        capabilities = AttentionCapabilities()
+
+    windowed = dataclasses.replace(_case("decode"), sliding_window=7)
+    assert skip_reason(NoWindow, _case("decode"), "cpu") is None
+    assert "sliding-window attention is not supported" in skip_reason(NoWindow, windowed, "cpu")
+
+
+class _FullAttentionImpl(NaiveAttentionImpl):
+    """Ignores the layer's window: attends the whole (still cached) context."""
+
+    def forward(self, query, key, value, kv_cache, attn_metadata):
+        window, self.sliding_window = self.sliding_window, None
+        try:
+            return super().forward(query, key, value, kv_cache, attn_metadata)
+        finally:
+            self.sliding_window = window
+
+
+class _FullAttentionBackend(NaiveAttentionBackend):
+    @staticmethod
+    def get_impl_cls():
+        return _FullAttentionImpl
+
+
+def test_kit_rejects_a_backend_that_ignores_the_window():
+    """It attends too far back (and, decoding, reads the blocks given away before the window)."""
+    with pytest.raises(AssertionError, match=r"step \d layer 0, request \d"):
+        check_conformance(_FullAttentionBackend, dataclasses.replace(_case("decode"), sliding_window=7))
 
 
 def test_undeclared_gqa_is_skipped_with_the_reason():

@@ -27,6 +27,7 @@ class AttentionCapabilities:
     chunked_prefill: bool = True
     prefix_caching: bool = True
     gqa: bool = True
+    sliding_window: bool = False  # honours ``AttentionImpl.sliding_window`` (Mistral, Gemma 2/3, Phi-3)
 
     def mismatches(self, ctx: SelectionContext) -> list[str]:
         reasons = []
@@ -40,6 +41,8 @@ class AttentionCapabilities:
             reasons.append(f"block size {ctx.block_size} is not a multiple of {self.block_size_multiple}")
         if not self.gqa and ctx.num_heads and ctx.num_kv_heads and ctx.num_heads != ctx.num_kv_heads:
             reasons.append("grouped-query attention is not supported")
+        if not self.sliding_window and ctx.options.get("sliding_window"):
+            reasons.append("sliding-window attention is not supported (the model has windowed layers)")
         if not self.chunked_prefill and ctx.options.get("enable_chunked_prefill"):
             reasons.append("chunked prefill is not supported (set enable_chunked_prefill=False)")
         if not self.prefix_caching and ctx.options.get("enable_prefix_caching"):
@@ -84,15 +87,24 @@ class AttentionMetadataBuilder:
 
 
 class AttentionImpl(ABC):
-    """Per-layer attention: store the new keys/values, attend over the cache."""
+    """Per-layer attention: store the new keys/values, attend over the cache.
 
-    def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int) -> None:
+    With ``sliding_window`` W, the query at position ``i`` sees only the keys at
+    ``i - W < j <= i``, and must not read the cache before that: a KV manager may
+    already have given those blocks to another request.
+    """
+
+    def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int,
+                 sliding_window: int | None = None) -> None:
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        if sliding_window is not None and sliding_window < 1:
+            raise ValueError(f"sliding_window must be at least 1, got {sliding_window}")
         self.num_heads = num_heads
         self.head_size = head_size
         self.scale = scale
         self.num_kv_heads = num_kv_heads
+        self.sliding_window = sliding_window
 
     @abstractmethod
     def forward(

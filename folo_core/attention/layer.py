@@ -25,6 +25,7 @@ class Attention(nn.Module):
         scale: float,
         num_kv_heads: int,
         prefix: str = "",
+        sliding_window: int | None = None,
     ) -> None:
         super().__init__()
         self.backend = backend
@@ -32,7 +33,8 @@ class Attention(nn.Module):
         self.head_size = head_size
         self.num_kv_heads = num_kv_heads
         self.prefix = prefix
-        self.impl = backend.get_impl_cls()(num_heads, head_size, scale, num_kv_heads)
+        self.sliding_window = sliding_window
+        self.impl = backend.get_impl_cls()(num_heads, head_size, scale, num_kv_heads, sliding_window)
         self.kv_cache: torch.Tensor | None = None
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

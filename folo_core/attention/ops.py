@@ -29,24 +29,43 @@ def gather_kv(
     return cache.index_select(0, block_ids).flatten(0, 1)[:seq_len]
 
 
+def window_start(seq_len: int, q_len: int, sliding_window: int | None) -> int:
+    """First cache position any of the last ``q_len`` queries of a ``seq_len`` sequence sees."""
+    return 0 if sliding_window is None else max(0, seq_len - q_len - sliding_window + 1)
+
+
+def visible_keys(q_len: int, kv_len: int, sliding_window: int | None = None, kv_offset: int = 0,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """[q_len, kv_len] bool, True where a query sees a key: the last ``q_len`` of positions
+    ``kv_offset .. kv_offset + kv_len - 1`` query, causal and within ``sliding_window``."""
+    k_pos = torch.arange(kv_offset, kv_offset + kv_len, device=device)[None, :]
+    q_pos = k_pos[:, kv_len - q_len:].T
+    visible = k_pos <= q_pos
+    if sliding_window is not None:
+        visible &= k_pos > q_pos - sliding_window
+    return visible
+
+
 def causal_attention(
     query: torch.Tensor,  # [q_len, num_heads, head_size]: the last q_len positions of the sequence
-    key: torch.Tensor,  # [kv_len, num_kv_heads, head_size]: every position so far
+    key: torch.Tensor,  # [kv_len, num_kv_heads, head_size]: positions kv_offset .. kv_offset + kv_len - 1
     value: torch.Tensor,
     scale: float,
+    sliding_window: int | None = None,
+    kv_offset: int = 0,
 ) -> torch.Tensor:  # [q_len, num_heads, head_size]
     """Explicit-softmax attention of one sequence, the reference math every backend must match.
 
-    Query ``j`` sits at position ``kv_len - q_len + j`` and sees the keys up to
-    its own position (causal mask aligned to the bottom right). Computes in the
-    inputs' dtype, so callers choose the precision.
+    Query ``j`` sits at position ``kv_offset + kv_len - q_len + j`` and sees the keys up to its
+    own position (causal mask aligned to the bottom right), and with ``sliding_window`` W only
+    the last W of them. ``key``/``value`` may start at ``kv_offset`` (a window's first position)
+    instead of 0. Computes in the inputs' dtype, so callers choose the precision.
     """
     q_len, kv_len = query.shape[0], key.shape[0]
     group = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(group, dim=1)
     value = value.repeat_interleave(group, dim=1)
     scores = torch.einsum("qhd,khd->hqk", query, key) * scale
-    q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)
-    future = torch.arange(kv_len, device=query.device)[None, :] > q_pos[:, None]
-    probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    visible = visible_keys(q_len, kv_len, sliding_window, kv_offset, query.device)
+    probs = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
     return torch.einsum("hqk,khd->qhd", probs, value)

@@ -14,6 +14,7 @@ from folo_core.config import EngineConfig
 from folo_core.engine.selection import select_plugins
 from folo_core.engine.stats import EngineStats
 from folo_core.executor.abstract import WorkerSpec
+from folo_core.hf_utils import kv_sliding_window, layer_sliding_windows
 from folo_core.logger import init_logger
 from folo_core.plugins import FoloPluginManager
 from folo_core.request import Request, RequestStatus
@@ -39,7 +40,9 @@ class EngineCore:
         self.num_blocks = self.executor.determine_num_blocks()
         self.executor.initialize(self.num_blocks)
         extra_key = f"{config.model.model}|{config.model.dtype}|{quant_config.hash_key() if quant_config else ''}"
-        self.kv_cache_manager = kv_entry.impl(self.num_blocks, config.cache.block_size, enable_caching, extra_key)
+        self.kv_cache_manager = kv_entry.impl(
+            self.num_blocks, config.cache.block_size, enable_caching, extra_key,
+            sliding_window=kv_sliding_window(layer_sliding_windows(config.model.hf_config)))
         self.scheduler = picks.scheduler.impl(config.scheduler, config.cache, self.kv_cache_manager)
         self.selected = picks.summary()
         self.enable_prefix_caching = enable_caching

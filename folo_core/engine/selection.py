@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from folo_core.config import EngineConfig
+from folo_core.hf_utils import layer_sliding_windows
 from folo_core.hookspecs import PLUGIN_KINDS
 from folo_core.models import CheckpointError
 from folo_core.plugins import FoloPluginManager
@@ -39,6 +40,7 @@ def selection_context(config: EngineConfig) -> SelectionContext:
             "enable_prefix_caching": config.cache.enable_prefix_caching is True,
             "tensor_parallel_size": config.parallel.tensor_parallel_size,
             "data_parallel_size": config.parallel.data_parallel_size,
+            "sliding_window": any(w is not None for w in layer_sliding_windows(hf_config)),
         },
     )
 

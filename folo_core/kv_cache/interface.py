@@ -32,13 +32,18 @@ class KVCacheManager(ABC):
     supports_prefix_caching: ClassVar[bool] = False
 
     def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = False,
-                 extra_hash_key: str = "") -> None:
+                 extra_hash_key: str = "", sliding_window: int | None = None) -> None:
         if enable_caching and not self.supports_prefix_caching:
             raise ValueError(f"{type(self).__name__} does not support prefix caching")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_caching = enable_caching
         self.extra_hash_key = extra_hash_key  # anything that changes KV for the same tokens
+        # Set when every layer of the model attends a window of this many tokens: a block whose
+        # positions all lie before ``num_computed_tokens - sliding_window + 1`` is seen by no
+        # later query of its request, and a manager may give it back (vLLM's sliding-window
+        # manager). None: every token's KV stays needed.
+        self.sliding_window = sliding_window
         self.prefix_cache_stats = PrefixCacheStats()
 
     def get_computed_blocks(self, request: Request) -> tuple[list[int], int]:
@@ -61,7 +66,10 @@ class KVCacheManager(ABC):
 
         ``new_computed_blocks`` are prefix-cache hits from ``get_computed_blocks``
         (first schedule only); they count as already computed. Returns the newly
-        allocated block ids, or None (and changes nothing) if there are too few free blocks.
+        allocated block ids, or None (and allocates nothing) if there are too few free blocks.
+        With ``sliding_window`` set, a manager may first give back the request's blocks that
+        fell out of the window; ``get_block_ids`` keeps their places in the table (attention
+        never reads them).
         """
 
     @abstractmethod

@@ -12,8 +12,11 @@ the backend's ``split_kv_cache`` at every slot any step wrote.
 
 Cases cover pure prefill, pure decode, mixed batches and chunked prefill
 continuing from cached blocks; GQA ratios 1/2/4/8; the smallest block sizes the
-backend declares; float32 and bfloat16. Cases the backend's capability
-declaration excludes are skipped, with the reason.
+backend declares; float32 and bfloat16; and sliding-window attention on the
+first layer only (the second stays full, as Gemma alternates them), where after
+every step the blocks wholly before each request's window are overwritten with
+NaN, as if the KV manager had given them to another request. Cases the backend's
+capability declaration excludes are skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ TOLERANCES = {
 }
 NUM_KV_HEADS = 2
 NUM_LAYERS = 2
+SLIDING_WINDOW = 7  # shorter than the prompts and not a multiple of any block size
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,10 @@ class ConformanceCase:
     block_size: int
     dtype: torch.dtype
     head_size: int
+    sliding_window: int | None = None  # the first layer's window; the second is always full
+
+    def layer_window(self, layer: int) -> int | None:
+        return self.sliding_window if layer == 0 else None
 
     @property
     def num_heads(self) -> int:
@@ -69,13 +77,16 @@ class ConformanceCase:
         return 0.7 * self.head_size ** -0.5
 
     def __str__(self) -> str:
-        return f"{self.scenario}-gqa{self.gqa_ratio}-bs{self.block_size}-{str(self.dtype).removeprefix('torch.')}"
+        window = f"-sw{self.sliding_window}" if self.sliding_window else ""
+        return (f"{self.scenario}-gqa{self.gqa_ratio}-bs{self.block_size}{window}-"
+                f"{str(self.dtype).removeprefix('torch.')}")
 
     def selection_context(self, device: str) -> SelectionContext:
         continues_cached = self.scenario in ("mixed", "chunked_prefill")
         return SelectionContext(device=device, dtype=self.dtype, head_size=self.head_size,
                                 num_heads=self.num_heads, num_kv_heads=NUM_KV_HEADS, block_size=self.block_size,
-                                options={"enable_chunked_prefill": continues_cached})
+                                options={"enable_chunked_prefill": continues_cached,
+                                         "sliding_window": self.sliding_window is not None})
 
 
 def declared_block_sizes(backend: type[AttentionBackend]) -> tuple[int, ...]:
@@ -86,11 +97,15 @@ def declared_block_sizes(backend: type[AttentionBackend]) -> tuple[int, ...]:
 
 def conformance_cases(backend: type[AttentionBackend],
                       dtypes: tuple[torch.dtype, ...] = DEFAULT_DTYPES) -> list[ConformanceCase]:
-    """Every scenario x GQA ratio x declared block size x dtype."""
+    """Every scenario x GQA ratio x declared block size x dtype, and every scenario x block
+    size x dtype with a sliding window (GQA 2)."""
     head_sizes = backend.capabilities.head_sizes
     head_size = 32 if head_sizes is None or 32 in head_sizes else min(head_sizes)
-    return [ConformanceCase(s, g, b, d, head_size)
+    full = [ConformanceCase(s, g, b, d, head_size)
             for d in dtypes for b in declared_block_sizes(backend) for g in GQA_RATIOS for s in SCENARIOS]
+    windowed = [ConformanceCase(s, 2, b, d, head_size, SLIDING_WINDOW)
+                for d in dtypes for b in declared_block_sizes(backend) for s in SCENARIOS]
+    return full + windowed
 
 
 def skip_reason(backend: type[AttentionBackend], case: ConformanceCase, device: str) -> str | None:
@@ -174,10 +189,12 @@ def check_conformance(backend: type[AttentionBackend], case: ConformanceCase, de
     # NaN everywhere nothing was written: stale blocks of another request (whose model
     # may have overflowed) must never leak into this request's output, even masked.
     caches = [torch.full(shape, float("nan"), dtype=case.dtype, device=dev) for _ in range(NUM_LAYERS)]
-    impl = backend.get_impl_cls()(case.num_heads, d, case.scale, kvh)
+    impls = [backend.get_impl_cls()(case.num_heads, d, case.scale, kvh, case.layer_window(layer))
+             for layer in range(NUM_LAYERS)]
     builder = backend.get_builder_cls()(backend, dev)
 
     done = [0] * len(work.plan)
+    dead_slots: set[int] = set()  # of the first layer, given away before its window
     written: list[tuple[torch.Tensor, int, int, int]] = []  # (slots, request, first token, end token)
     for step, order in enumerate(work.orders):
         reqs = [r for r in order if work.plan[r][step]]
@@ -191,17 +208,35 @@ def check_conformance(backend: type[AttentionBackend], case: ConformanceCase, de
             # q, k and v as the decoder hands them over: strided views of one fused tensor.
             fused = torch.cat([torch.cat([t[s:e] for t in work.qkv[layer][r]], dim=1) for r, s, e in spans]).to(dev)
             q, k, v = fused.split([case.num_heads, kvh, kvh], dim=1)
-            out = impl.forward(q, k, v, caches[layer], metadata)
+            out = impls[layer].forward(q, k, v, caches[layer], metadata)
             assert out.untyped_storage().data_ptr() != fused.untyped_storage().data_ptr(), (
                 f"{backend.name} [{case}]: the output is a view of the inputs; return a new tensor")
-            _compare(out, case, work.qkv[layer], spans, f"{backend.name} [{case}] step {step} layer {layer}")
+            _compare(out, case, layer, work.qkv[layer], spans, f"{backend.name} [{case}] step {step} layer {layer}")
         for r, _, end in spans:
             done[r] = end
+        if case.sliding_window is not None:
+            dead_slots = _give_away_blocks_before_window(backend, caches[0], work.block_table, done, case)
     for layer in range(NUM_LAYERS):
-        _check_kv_layout(backend, caches[layer], written, work.qkv[layer], f"{backend.name} [{case}] layer {layer}")
+        _check_kv_layout(backend, caches[layer], written, work.qkv[layer], f"{backend.name} [{case}] layer {layer}",
+                         dead_slots if layer == 0 else set())
 
 
-def _compare(out: torch.Tensor, case: ConformanceCase,
+def _give_away_blocks_before_window(backend: type[AttentionBackend], kv_cache: torch.Tensor,
+                                    block_table: np.ndarray, done: list[int], case: ConformanceCase) -> set[int]:
+    """NaN into the first layer's blocks that no later query of their request sees (all their
+    positions before ``done - window + 1``), as a sliding-window KV manager frees them.
+    Returns their slots, which the layout check then skips."""
+    key_cache, value_cache = backend.split_kv_cache(kv_cache)
+    dead: set[int] = set()
+    for r, n in enumerate(done):
+        for block in block_table[r, :max(0, n - case.sliding_window + 1) // case.block_size].tolist():
+            key_cache[block].fill_(float("nan"))
+            value_cache[block].fill_(float("nan"))
+            dead.update(range(block * case.block_size, (block + 1) * case.block_size))
+    return dead
+
+
+def _compare(out: torch.Tensor, case: ConformanceCase, layer: int,
              layer_qkv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
              spans: list[tuple[int, int, int]], where: str) -> None:
     """Each request's rows of ``out`` against the reference on all its keys so far."""
@@ -213,22 +248,26 @@ def _compare(out: torch.Tensor, case: ConformanceCase,
     rows = out.float().cpu().split([e - s for _, s, e in spans])
     for got, (r, start, end) in zip(rows, spans):
         q, k, v = (t.float() for t in layer_qkv[r])
-        expected = causal_attention(q[start:end], k[:end], v[:end], case.scale)
+        expected = causal_attention(q[start:end], k[:end], v[:end], case.scale, case.layer_window(layer))
         torch.testing.assert_close(got, expected, atol=atol, rtol=rtol,
                                    msg=lambda m: f"{where}, request {r} (tokens {start}..{end - 1}): {m}")
 
 
 def _check_kv_layout(backend: type[AttentionBackend], kv_cache: torch.Tensor,
                      written: list[tuple[torch.Tensor, int, int, int]],
-                     layer_qkv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], where: str) -> None:
-    """Every token written reads back, bit for bit, at its slot through ``split_kv_cache``."""
+                     layer_qkv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], where: str,
+                     dead_slots: set[int]) -> None:
+    """Every token written reads back, bit for bit, at its slot through ``split_kv_cache``
+    (but those in ``dead_slots``, overwritten on purpose)."""
     key_cache, value_cache = backend.split_kv_cache(kv_cache)
     num_blocks, block_size, kvh, d = key_cache.shape
     assert value_cache.shape == key_cache.shape, f"{where}: key/value views differ in shape"
     slots = torch.cat([s for s, *_ in written])
+    live = ~torch.isin(slots, torch.tensor(sorted(dead_slots), dtype=slots.dtype))
+    slots = slots[live]
     for name, cache, index in (("key", key_cache, 1), ("value", value_cache, 2)):
         stored = cache.reshape(num_blocks * block_size, kvh, d)[slots.to(cache.device)].cpu()
-        expected = torch.cat([layer_qkv[req][index][start:end] for _, req, start, end in written])
+        expected = torch.cat([layer_qkv[req][index][start:end] for _, req, start, end in written])[live]
         bad = (stored != expected).flatten(1).any(dim=1).nonzero().flatten().tolist()
         assert not bad, (f"{where}: {len(bad)} of {len(slots)} written {name}s do not read back at their "
                          f"slots through split_kv_cache (first: slot {int(slots[bad[0]])})")

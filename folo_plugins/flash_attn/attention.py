@@ -61,15 +61,17 @@ class FlashAttentionImpl(AttentionImpl):
         key_cache, value_cache = FlashAttentionBackend.split_kv_cache(kv_cache)
         write_to_kv_cache(key_cache, value_cache, key, value, md.slot_mapping)
         ops = get_flash_attn_ops()
+        # A window of W keys, the query's own included: W - 1 to its left (vLLM's convention).
+        window = (-1, -1) if self.sliding_window is None else (self.sliding_window - 1, 0)
         if md.max_query_len == 1:
             out = ops.flash_attn_with_kvcache(
                 query.unsqueeze(1), key_cache, value_cache, cache_seqlens=md.seq_lens,
-                block_table=md.block_table, softmax_scale=self.scale, causal=True)
+                block_table=md.block_table, softmax_scale=self.scale, causal=True, window_size=window)
             return out.squeeze(1)
         return ops.flash_attn_varlen_func(
             query, key_cache, value_cache, cu_seqlens_q=md.query_start_loc, cu_seqlens_k=md.seq_start_loc,
             max_seqlen_q=md.max_query_len, max_seqlen_k=md.max_seq_len, softmax_scale=self.scale,
-            causal=True, block_table=md.block_table)
+            causal=True, block_table=md.block_table, window_size=window)
 
 
 class FlashAttentionBackend(AttentionBackend):
@@ -81,6 +83,7 @@ class FlashAttentionBackend(AttentionBackend):
         dtypes=(torch.float16, torch.bfloat16),
         head_sizes=tuple(range(8, 257, 8)),
         block_size_multiple=PAGED_BLOCK_SIZE_MULTIPLE,
+        sliding_window=True,
     )
 
     @staticmethod

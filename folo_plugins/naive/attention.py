@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import torch
 
-from folo_core.attention.backend import AttentionBackend, AttentionImpl, CommonAttentionMetadata
-from folo_core.attention.ops import causal_attention, gather_kv, write_to_kv_cache
+from folo_core.attention.backend import (
+    AttentionBackend,
+    AttentionCapabilities,
+    AttentionImpl,
+    CommonAttentionMetadata,
+)
+from folo_core.attention.ops import causal_attention, gather_kv, window_start, write_to_kv_cache
 from folo_core.utils import cdiv
 
 
@@ -21,16 +26,22 @@ class NaiveAttentionImpl(AttentionImpl):
         out = torch.empty_like(query)
         starts = md.query_start_loc_cpu.tolist()
         for i, kv_len in enumerate(md.seq_lens_cpu.tolist()):
-            blocks = md.block_table[i, :cdiv(kv_len, md.block_size)]
-            k = gather_kv(key_cache, blocks, kv_len).float()
-            v = gather_kv(value_cache, blocks, kv_len).float()
             q = query[starts[i]:starts[i + 1]].float()
-            out[starts[i]:starts[i + 1]] = causal_attention(q, k, v, self.scale).to(query.dtype)
+            # Read only the window's blocks: those before it may belong to another request now.
+            first = window_start(kv_len, len(q), self.sliding_window)
+            first_block = first // md.block_size
+            blocks = md.block_table[i, first_block:cdiv(kv_len, md.block_size)]
+            offset = first_block * md.block_size
+            k = gather_kv(key_cache, blocks, kv_len - offset).float()
+            v = gather_kv(value_cache, blocks, kv_len - offset).float()
+            out[starts[i]:starts[i + 1]] = causal_attention(q, k, v, self.scale, self.sliding_window,
+                                                            offset).to(query.dtype)
         return out
 
 
 class NaiveAttentionBackend(AttentionBackend):
     name = "naive"
+    capabilities = AttentionCapabilities(sliding_window=True)
 
     @staticmethod
     def get_impl_cls() -> type[AttentionImpl]:

@@ -8,9 +8,11 @@ from folo_core.utils import cdiv
 
 
 class NaiveKVCacheManager(KVCacheManager):
+    """Keeps every block of a request until it finishes, even past a sliding window."""
+
     def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = False,
-                 extra_hash_key: str = "") -> None:
-        super().__init__(num_blocks, block_size, enable_caching, extra_hash_key)
+                 extra_hash_key: str = "", sliding_window: int | None = None) -> None:
+        super().__init__(num_blocks, block_size, enable_caching, extra_hash_key, sliding_window)
         self.free_block_ids = list(range(num_blocks))
         self.req_to_block_ids: dict[str, list[int]] = {}
 

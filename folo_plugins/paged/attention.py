@@ -24,11 +24,12 @@ from torch.nn.attention.bias import causal_lower_right
 
 from folo_core.attention.backend import (
     AttentionBackend,
+    AttentionCapabilities,
     AttentionImpl,
     AttentionMetadataBuilder,
     CommonAttentionMetadata,
 )
-from folo_core.attention.ops import gather_kv, write_to_kv_cache
+from folo_core.attention.ops import gather_kv, visible_keys, window_start, write_to_kv_cache
 from folo_core.kernels.cpp_build import load_cpp_ops
 from folo_core.utils import cdiv
 
@@ -157,29 +158,53 @@ class PagedSDPAImpl(AttentionImpl):
         md = attn_metadata
         key_cache, value_cache = PagedSDPABackend.split_kv_cache(kv_cache)
         write_to_kv_cache(key_cache, value_cache, key, value, md.common.slot_mapping)
-        if len(md.decode_buckets) == 1 and md.decode_buckets[0].token_idx is None:  # a pure decode step
-            return self._decode(query, kv_cache, md.decode_buckets[0])
+        buckets = md.decode_buckets
+        if len(buckets) == 1 and buckets[0].token_idx is None and (buckets[0].kernel or self.sliding_window is None):
+            return self._decode(query, kv_cache, buckets[0])  # a pure decode step
         out = query.new_empty(query.shape)
-        for bucket in md.decode_buckets:
-            out[bucket.token_idx] = self._decode(query[bucket.token_idx], kv_cache, bucket)
-        block_size = md.common.block_size
+        for bucket in buckets:
+            if self.sliding_window is not None and not bucket.kernel:
+                self._decode_windowed(query, key_cache, value_cache, bucket, md.common.block_size, out)
+            else:
+                out[bucket.token_idx] = self._decode(query[bucket.token_idx], kv_cache, bucket)
         for row, start, end, kv_len in md.prefills:
-            blocks = md.common.block_table[row, :cdiv(kv_len, block_size)]
-            k = gather_kv(key_cache, blocks, kv_len).transpose(0, 1).unsqueeze(0)  # [1, KH, kv, D]
-            v = gather_kv(value_cache, blocks, kv_len).transpose(0, 1).unsqueeze(0)
-            q = query[start:end].transpose(0, 1).unsqueeze(0)  # [1, H, q_len, D]
-            q_len = end - start
-            mask = None if q_len == kv_len else causal_lower_right(q_len, kv_len)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                               scale=self.scale, enable_gqa=True)
-            out[start:end] = o[0].transpose(0, 1)
+            out[start:end] = self._attend(query[start:end], key_cache, value_cache,
+                                          md.common.block_table[row], kv_len, md.common.block_size)
         return out
+
+    def _attend(self, q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                block_row: torch.Tensor, kv_len: int, block_size: int) -> torch.Tensor:
+        """One request's query chunk, the last ``len(q)`` of its ``kv_len`` positions, by SDPA over
+        its gathered context: from the window's first block on, so nothing before it is read."""
+        q_len = q.shape[0]
+        first_block = window_start(kv_len, q_len, self.sliding_window) // block_size
+        blocks = block_row[first_block:cdiv(kv_len, block_size)]
+        offset = first_block * block_size
+        k = gather_kv(key_cache, blocks, kv_len - offset).transpose(0, 1).unsqueeze(0)  # [1, KH, kv, D]
+        v = gather_kv(value_cache, blocks, kv_len - offset).transpose(0, 1).unsqueeze(0)
+        if self.sliding_window is not None:
+            mask = visible_keys(q_len, kv_len - offset, self.sliding_window, offset, q.device)
+        else:
+            mask = None if q_len == kv_len else causal_lower_right(q_len, kv_len)
+        o = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0), k, v, attn_mask=mask,
+                                           is_causal=mask is None, scale=self.scale, enable_gqa=True)
+        return o[0].transpose(0, 1)
+
+    def _decode_windowed(self, query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                         bucket: DecodeBucket, block_size: int, out: torch.Tensor) -> None:
+        """The SDPA fallback's bucket for a windowed layer, token by token: its gathered slots
+        start at position 0, before the window."""
+        idx = range(len(bucket.seq_lens)) if bucket.token_idx is None else bucket.token_idx.tolist()
+        for j, (t, kv_len) in enumerate(zip(idx, bucket.seq_lens.tolist())):
+            out[t:t + 1] = self._attend(query[t:t + 1], key_cache, value_cache, bucket.block_table[j],
+                                        kv_len, block_size)
 
     def _decode(self, q: torch.Tensor, kv_cache: torch.Tensor, bucket: DecodeBucket) -> torch.Tensor:
         if bucket.kernel:
             key_cache, value_cache = PagedSDPABackend.split_kv_cache(kv_cache)
             out = torch.ops.folo_cpu.paged_decode_attention(q.to(key_cache.dtype), key_cache, value_cache,
-                                                            bucket.block_table, bucket.seq_lens, self.scale)
+                                                            bucket.block_table, bucket.seq_lens, self.scale,
+                                                            self.sliding_window or 0)
             return out.to(q.dtype)
         num = q.shape[0]
         # One query token per request: fold the GQA group into the query-length axis.
@@ -194,6 +219,7 @@ class PagedSDPAImpl(AttentionImpl):
 
 class PagedSDPABackend(AttentionBackend):
     name = "paged"
+    capabilities = AttentionCapabilities(sliding_window=True)
 
     @staticmethod
     def get_impl_cls() -> type[AttentionImpl]:

@@ -1,4 +1,5 @@
-"""Paged KV-cache manager with prefix caching (vLLM v1's ``KVCacheManager``)."""
+"""Paged KV-cache manager with prefix caching (vLLM v1's ``KVCacheManager``), which gives back
+blocks that fell out of a sliding window (vLLM's ``SlidingWindowManager``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from folo_core.utils import cdiv
 from folo_plugins.paged.block_hash import extend_block_hashes, root_hash
 from folo_plugins.paged.block_pool import BlockPool, KVCacheBlock
 
+# Holds the place of a block given back past the sliding window: the block table keeps its
+# position (its id is never read) and nothing frees it twice.
+NULL_BLOCK = KVCacheBlock(block_id=0, ref_cnt=-1)
+
 
 class PagedKVCacheManager(KVCacheManager):
     """Blocks on demand from a shared pool; full blocks are hashed and shared when cached."""
@@ -17,8 +22,8 @@ class PagedKVCacheManager(KVCacheManager):
     supports_prefix_caching: ClassVar[bool] = True
 
     def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = False,
-                 extra_hash_key: str = "") -> None:
-        super().__init__(num_blocks, block_size, enable_caching, extra_hash_key)
+                 extra_hash_key: str = "", sliding_window: int | None = None) -> None:
+        super().__init__(num_blocks, block_size, enable_caching, extra_hash_key, sliding_window)
         self.block_pool = BlockPool(num_blocks)
         self.req_to_blocks: dict[str, list[KVCacheBlock]] = {}
         self.req_to_block_hashes: dict[str, list[bytes]] = {}
@@ -56,6 +61,7 @@ class PagedKVCacheManager(KVCacheManager):
         blocks = self.req_to_blocks.get(req_id, [])
         num_computed = request.num_computed_tokens + len(computed) * self.block_size
         num_tokens_after = num_computed + num_new_tokens
+        self._free_blocks_before_window(blocks, num_computed)
         num_new = cdiv(num_tokens_after, self.block_size) - len(blocks) - len(computed)
         # Touching a free cached hit takes it out of the free queue too.
         reusable = sum(1 for b in computed if b.ref_cnt == 0)
@@ -66,6 +72,7 @@ class PagedKVCacheManager(KVCacheManager):
         blocks = self.req_to_blocks.setdefault(req_id, blocks)
         blocks.extend(computed)
         blocks.extend(new_blocks)
+        self._free_blocks_before_window(blocks, num_computed)  # cache hits already out of the window
         if self.enable_caching:
             if first_allocation:
                 self.prefix_cache_stats.requests += 1
@@ -73,6 +80,16 @@ class PagedKVCacheManager(KVCacheManager):
                 self.prefix_cache_stats.hits += len(computed) * self.block_size
             self._cache_full_blocks(request, blocks, num_tokens_after)
         return [b.block_id for b in computed + new_blocks]
+
+    def _free_blocks_before_window(self, blocks: list[KVCacheBlock], num_computed: int) -> None:
+        """Give back the leading blocks no query at ``num_computed`` or later sees. They keep their
+        hashes, so a later request with the same prefix may still hit them."""
+        if self.sliding_window is None:
+            return
+        num_dead = min(len(blocks), max(0, num_computed - self.sliding_window + 1) // self.block_size)
+        dead = [b for b in blocks[:num_dead] if b is not NULL_BLOCK]
+        blocks[:num_dead] = [NULL_BLOCK] * num_dead
+        self.block_pool.free_blocks(list(reversed(dead)))
 
     def _cache_full_blocks(self, request: Request, blocks: list[KVCacheBlock], num_tokens: int) -> None:
         """Index blocks that this step fills completely (their tokens are all known)."""
@@ -88,7 +105,7 @@ class PagedKVCacheManager(KVCacheManager):
 
     def free(self, request: Request) -> None:
         blocks = self.req_to_blocks.pop(request.request_id, [])
-        self.block_pool.free_blocks(list(reversed(blocks)))
+        self.block_pool.free_blocks([b for b in reversed(blocks) if b is not NULL_BLOCK])
         self.num_cached_block.pop(request.request_id, None)
         self.req_to_block_hashes.pop(request.request_id, None)
 
@@ -97,7 +114,7 @@ class PagedKVCacheManager(KVCacheManager):
         keep = cdiv(request.num_computed_tokens, self.block_size)
         excess = blocks[keep:]
         del blocks[keep:]
-        self.block_pool.free_blocks(list(reversed(excess)))
+        self.block_pool.free_blocks([b for b in reversed(excess) if b is not NULL_BLOCK])
 
     def get_block_ids(self, request_id: str) -> list[int]:
         return [b.block_id for b in self.req_to_blocks.get(request_id, [])]

@@ -35,7 +35,8 @@ inline float exp_nonpositive(float x) {
 
 template <typename scalar_t>
 void decode_kernel(const at::Tensor& query, const at::Tensor& key_cache, const at::Tensor& value_cache,
-                   const at::Tensor& block_table, const at::Tensor& seq_lens, double scale, at::Tensor& out) {
+                   const at::Tensor& block_table, const at::Tensor& seq_lens, double scale, int64_t window,
+                   at::Tensor& out) {
   const int64_t num_reqs = query.size(0), num_heads = query.size(1), head_size = query.size(2);
   const int64_t block_size = key_cache.size(1), num_kv_heads = key_cache.size(2);
   const int64_t group = num_heads / num_kv_heads;
@@ -56,7 +57,10 @@ void decode_kernel(const at::Tensor& query, const at::Tensor& key_cache, const a
     std::vector<float> q(group * head_size), acc(group * head_size), row(head_size), sums(group), scores;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / num_kv_heads, kh = task % num_kv_heads;
-      const int64_t len = len_ptr[r];
+      // The query sits at position len - 1 and sees the last ``window`` positions (all if 0);
+      // keys before ``first`` are never read (their blocks may already be another request's).
+      const int64_t first = window > 0 ? std::max<int64_t>(0, len_ptr[r] - window) : 0;
+      const int64_t len = len_ptr[r] - first;
       const int32_t* blocks = bt_ptr + r * bt_stride;
       for (int64_t g = 0; g < group; ++g) {
         const scalar_t* src = q_ptr + r * q_stride_r + (kh * group + g) * q_stride_h;
@@ -64,7 +68,8 @@ void decode_kernel(const at::Tensor& query, const at::Tensor& key_cache, const a
       }
       scores.assign(group * len, 0.f);
       for (int64_t t = 0; t < len; ++t) {
-        const scalar_t* k = k_ptr + blocks[t / block_size] * blk_stride + (t % block_size) * tok_stride + kh * kvh_stride;
+        const int64_t pos = first + t;
+        const scalar_t* k = k_ptr + blocks[pos / block_size] * blk_stride + (pos % block_size) * tok_stride + kh * kvh_stride;
         float* kf = row.data();
         for (int64_t d = 0; d < head_size; ++d) kf[d] = static_cast<float>(k[d]);
         for (int64_t g = 0; g < group; ++g) {
@@ -85,7 +90,8 @@ void decode_kernel(const at::Tensor& query, const at::Tensor& key_cache, const a
       }
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t t = 0; t < len; ++t) {
-        const scalar_t* v = v_ptr + blocks[t / block_size] * v_blk_stride + (t % block_size) * v_tok_stride + kh * v_kvh_stride;
+        const int64_t pos = first + t;
+        const scalar_t* v = v_ptr + blocks[pos / block_size] * v_blk_stride + (pos % block_size) * v_tok_stride + kh * v_kvh_stride;
         float* vf = row.data();
         for (int64_t d = 0; d < head_size; ++d) vf[d] = static_cast<float>(v[d]);
         for (int64_t g = 0; g < group; ++g) {
@@ -105,7 +111,8 @@ void decode_kernel(const at::Tensor& query, const at::Tensor& key_cache, const a
 }
 
 at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& key_cache, const at::Tensor& value_cache,
-                                  const at::Tensor& block_table, const at::Tensor& seq_lens, double scale) {
+                                  const at::Tensor& block_table, const at::Tensor& seq_lens, double scale,
+                                  int64_t window) {
   TORCH_CHECK(query.dim() == 3 && key_cache.dim() == 4 && value_cache.dim() == 4, "bad ranks");
   TORCH_CHECK(query.stride(2) == 1 && key_cache.stride(3) == 1 && value_cache.stride(3) == 1,
               "head_size must be the contiguous dimension");
@@ -118,7 +125,8 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& key
               "one block-table row and one length per query");
   at::Tensor out = at::empty({query.size(0), query.size(1), query.size(2)}, query.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, query.scalar_type(), "paged_decode_attention", [&] {
-    decode_kernel<scalar_t>(query, key_cache, value_cache, block_table.contiguous(), seq_lens.contiguous(), scale, out);
+    decode_kernel<scalar_t>(query, key_cache, value_cache, block_table.contiguous(), seq_lens.contiguous(), scale, window,
+                              out);
   });
   return out;
 }
@@ -127,7 +135,7 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& key
 
 TORCH_LIBRARY_FRAGMENT(folo_cpu, m) {
   m.def("paged_decode_attention(Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_table, "
-        "Tensor seq_lens, float scale) -> Tensor");
+        "Tensor seq_lens, float scale, int window) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(folo_cpu, CPU, m) { m.impl("paged_decode_attention", &paged_decode_attention); }
