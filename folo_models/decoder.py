@@ -1,9 +1,11 @@
-"""One decoder-only transformer for Llama, Mistral, Qwen2/2.5, Qwen3 and Granite.
+"""One decoder-only transformer for Llama, Mistral, Phi-3, Qwen2/2.5, Qwen3 and Granite.
 
 They differ only in switches read from the HF config: bias on q/k/v (Qwen2),
 RMSNorm on q and k per head (Qwen3), explicit ``head_dim``, tied embeddings,
 Granite's multipliers (embeddings, residual branches, attention scale, logits),
-and each layer's sliding window (Mistral; Qwen2/3 with ``use_sliding_window``).
+each layer's sliding window (Mistral, Phi-3; Qwen2/3 with ``use_sliding_window``),
+checkpoints with fused projections (Phi-3) and the rotary variant (see
+``rotary_embedding``).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class DecoderSpec:
     attention_scale: float
     logits_scaling: float
     layer_windows: tuple[int | None, ...]  # each layer's sliding window (None: full attention)
+    fused_checkpoint: bool  # the checkpoint ships qkv_proj / gate_up_proj already fused (Phi-3)
 
     @classmethod
     def from_hf_config(cls, arch: str, cfg: Any, max_position: int) -> "DecoderSpec":
@@ -83,6 +86,7 @@ class DecoderSpec:
             attention_scale=float(getattr(cfg, "attention_multiplier", None) or head_dim ** -0.5),
             logits_scaling=float(getattr(cfg, "logits_scaling", 1.0)),
             layer_windows=layer_sliding_windows(cfg),
+            fused_checkpoint=arch == "Phi3ForCausalLM",
         )
 
 
@@ -258,7 +262,8 @@ class DecoderForCausalLM(nn.Module):
         for param_name in params:
             if self.spec.tie_word_embeddings and param_name == "lm_head.weight":
                 continue
-            fused = [(hf, ours, shard) for hf, ours, shard in STACKED_PARAMS if ours in param_name]
+            stacked = () if self.spec.fused_checkpoint else STACKED_PARAMS
+            fused = [(hf, ours, shard) for hf, ours, shard in stacked if ours in param_name]
             if not fused:
                 expected[param_name] = (param_name, None)
             for hf, ours, shard in fused:

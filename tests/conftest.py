@@ -23,7 +23,7 @@ def tiny_model_dir(tmp_path_factory):
     cache: dict[tuple, Path] = {}
 
     def make(kind: str, **overrides) -> Path:
-        key = (kind, tuple(sorted(overrides.items())))
+        key = (kind, repr(sorted(overrides.items())))
         if key not in cache:
             out = tmp_path_factory.mktemp(f"tiny-{kind}")
             cache[key] = build_tiny_model(kind, out, **overrides)

@@ -30,6 +30,11 @@ TINY_CONFIGS: dict[str, dict] = {
                     intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                     vocab_size=512, max_position_embeddings=512, tie_word_embeddings=False, rope_theta=10000.0,
                     sliding_window=12),
+    # Phi-3: fused qkv_proj / gate_up_proj in the checkpoint, a sliding window (16); GQA 2, untied.
+    "phi3": dict(architectures=["Phi3ForCausalLM"], model_type="phi3", hidden_size=64, intermediate_size=128,
+                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
+                 max_position_embeddings=512, tie_word_embeddings=False, rope_theta=10000.0, sliding_window=16,
+                 pad_token_id=0, bos_token_id=1, eos_token_id=2),
 }
 
 

@@ -36,6 +36,7 @@ class LinearBase(nn.Module):
         self.tp_rank, self.tp_size = tp_rank_and_size()
         self.prefix = prefix
         self.input_size_per_partition = input_size // self.tp_size if self.split_input else input_size
+        self.output_sizes = output_sizes  # of every rank together, one per fused shard
         self.output_partition_sizes = self._partition_sizes(output_sizes)
         method = quant_config.get_quant_method(self, prefix) if quant_config else None
         self.quant_method: QuantizationMethod = method or UnquantizedLinearMethod()
@@ -60,11 +61,19 @@ class LinearBase(nn.Module):
         return loaded.narrow(dim, self.tp_rank * size, size)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | int | None = None) -> None:
-        """Copy a checkpoint tensor (or one fused shard of it) into ``param``."""
+        """Copy a checkpoint tensor (or one fused shard of it) into ``param``.
+
+        A fused layer also takes its whole fused tensor (``shard_id`` None: Phi-3 ships
+        ``qkv_proj`` and ``gate_up_proj``), split here into its shards by their sizes."""
+        output_dim = getattr(param, "output_dim", None)
+        if shard_id is None and self.shard_names and output_dim is not None:
+            widths = [loaded.shape[output_dim] * size // sum(self.output_sizes) for size in self.output_sizes]
+            for name, part in zip(self.shard_names, loaded.split(widths, dim=output_dim)):
+                self.weight_loader(param, part, name)
+            return
         input_dim = getattr(param, "input_dim", None)
         if self.split_input and input_dim is not None:
             loaded = self._rank_slice(loaded, input_dim)
-        output_dim = getattr(param, "output_dim", None)
         if output_dim is None:
             # Not split by output (e.g. GPTQ's g_idx): all fused shards must agree,
             # whichever arrives first (checkpoints list k_proj before q_proj).

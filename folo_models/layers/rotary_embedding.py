@@ -1,5 +1,13 @@
-"""Rotary position embedding with HF's frequency tables (every ``rope_type`` it knows
-that does not depend on the sequence length)."""
+"""Rotary position embedding with HF's frequency tables, one module for every ``rope_type``.
+
+``default``, ``linear``, ``yarn``, ``llama3`` and the others HF computes once come
+from ``transformers.modeling_rope_utils``; ``longrope`` (Phi-3) uses its short
+factors for positions before ``original_max_position_embeddings`` and its long
+factors from there on, per position, as vLLM does (HF switches a whole forward to
+the long factors once it reaches past that length, which agrees for decoding but
+not for a prefill that crosses it). ``dynamic`` depends on the batch's length and
+is refused. ``partial_rotary_factor`` rotates only the first part of each head.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +19,16 @@ from torch import nn
 from folo_core.models import CheckpointError
 
 
-def _inv_freq(hf_config: Any, head_dim: int) -> tuple[torch.Tensor, float]:
-    params = dict(getattr(hf_config, "rope_parameters", None) or {})
+def _rope_parameters(hf_config: Any) -> dict[str, Any]:
+    return dict(getattr(hf_config, "rope_parameters", None) or {})
+
+
+def _inv_freq(hf_config: Any, rotary_dim: int, **kwargs: Any) -> tuple[torch.Tensor, float]:
+    params = _rope_parameters(hf_config)
     rope_type = params.get("rope_type", params.get("type", "default"))
-    if params.get("partial_rotary_factor", 1.0) != 1.0:
-        raise CheckpointError("partial_rotary_factor != 1 is not supported")
     if rope_type == "default":
         base = float(params.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0)))
-        exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+        exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
         return 1.0 / (base ** exponents), 1.0
     if rope_type == "dynamic":
         raise CheckpointError("rope_type 'dynamic' (length-dependent) is not supported")
@@ -26,8 +36,22 @@ def _inv_freq(hf_config: Any, head_dim: int) -> tuple[torch.Tensor, float]:
 
     if rope_type not in ROPE_INIT_FUNCTIONS:
         raise CheckpointError(f"unknown rope_type {rope_type!r}")
-    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, torch.device("cpu"))
+    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, torch.device("cpu"), **kwargs)
     return inv_freq.float(), float(scaling)
+
+
+def _angles(hf_config: Any, rotary_dim: int, max_position: int) -> tuple[torch.Tensor, float]:
+    """[max_position, rotary_dim / 2] rotation angles and the cos/sin scaling."""
+    positions = torch.arange(max_position, dtype=torch.float32)[:, None]
+    params = _rope_parameters(hf_config)
+    inv_freq, scaling = _inv_freq(hf_config, rotary_dim)
+    angles = positions * inv_freq[None, :]
+    if params.get("rope_type", params.get("type")) == "longrope":
+        original = int(params.get("original_max_position_embeddings")
+                       or getattr(hf_config, "original_max_position_embeddings", max_position))
+        long_inv_freq, _ = _inv_freq(hf_config, rotary_dim, seq_len=original + 1)
+        angles[original:] = positions[original:] * long_inv_freq[None, :]
+    return angles, scaling
 
 
 class RotaryEmbedding(nn.Module):
@@ -40,19 +64,28 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, hf_config: Any, head_dim: int, max_position: int) -> None:
         super().__init__()
-        inv_freq, scaling = _inv_freq(hf_config, head_dim)
-        freqs = torch.arange(max_position, dtype=torch.float32)[:, None] * inv_freq[None, :]
-        self.register_buffer("cos", torch.cat((freqs, freqs), dim=-1).cos() * scaling, persistent=False)
-        sin = freqs.sin() * scaling
+        factor = float(_rope_parameters(hf_config).get("partial_rotary_factor", 1.0))
+        self.rotary_dim = int(head_dim * factor)
+        if self.rotary_dim % 2 or not 0 < self.rotary_dim <= head_dim:
+            raise CheckpointError(f"partial_rotary_factor {factor} gives {self.rotary_dim} rotary dimensions "
+                                  f"of {head_dim}; needs an even number, at least 2")
+        angles, scaling = _angles(hf_config, self.rotary_dim, max_position)
+        self.register_buffer("cos", torch.cat((angles, angles), dim=-1).cos() * scaling, persistent=False)
+        sin = angles.sin() * scaling
         self.register_buffer("sin_signed", torch.cat((-sin, sin), dim=-1), persistent=False)
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step's tables, looked up once and shared by every layer: [T, 1, D] each."""
+        """The step's tables, looked up once and shared by every layer: [T, 1, rotary_dim] each."""
         return self.cos[positions].to(dtype).unsqueeze(1), self.sin_signed[positions].to(dtype).unsqueeze(1)
 
     @staticmethod
     def apply(cos_sin: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Rotate ``x`` [T, heads, D] (queries and keys together) by their positions' angles."""
+        """Rotate ``x`` [T, heads, D] (queries and keys together) by their positions' angles; with a
+        partial rotary factor only its first ``rotary_dim`` features turn."""
         cos, sin_signed = cos_sin
+        rotary_dim = cos.shape[-1]
+        if rotary_dim < x.shape[-1]:
+            turned = RotaryEmbedding.apply(cos_sin, x[..., :rotary_dim])
+            return torch.cat((turned, x[..., rotary_dim:]), dim=-1)
         swapped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
         return (x * cos).add_(swapped.mul_(sin_signed))

@@ -1,0 +1,107 @@
+"""Model families in the one decoder, each against HF transformers on tiny random checkpoints.
+
+Every family's switches are exercised with greedy generation for 8 prompts of different
+lengths in one ``generate`` call (naive backend; paged with chunked prefill and prefix
+caching) and prefill log-probs within 1e-4 in float32. Windowed families also run in
+``test_sliding_window.py``; Granite in ``test_granite.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from folo_core import LLM, SamplingParams
+from helpers import hf_greedy, hf_logits, random_prompts
+
+LONGROPE = dict(rope_scaling={"rope_type": "longrope", "short_factor": [1.1, 1.2, 1.5, 2.0],
+                              "long_factor": [2.0, 2.5, 3.0, 4.0], "original_max_position_embeddings": 48},
+                original_max_position_embeddings=48, max_position_embeddings=192, partial_rotary_factor=0.5)
+# name -> (tiny config, overrides, longest prompt, new tokens)
+FAMILIES = {
+    "phi3": ("phi3", {}, 70, 16),
+    # LongRoPE with a partial rotary factor (Phi-4-mini's shape); prompts and outputs stay within
+    # the original length, where HF and Folo both use the short factors (see the table test below).
+    "phi3-longrope-partial": ("phi3", LONGROPE, 30, 16),
+    "llama-rope-linear": ("llama", dict(rope_scaling={"rope_type": "linear", "factor": 4.0}), 70, 16),
+    "llama-rope-llama3": ("llama", dict(rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}), 70, 16),
+    "qwen2-rope-yarn": ("qwen2", dict(rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                                    "original_max_position_embeddings": 64}), 70, 16),
+}
+OPTIONS = [
+    dict(attention_backend="naive", enable_prefix_caching=False),
+    dict(attention_backend="paged", max_num_batched_tokens=32, enable_prefix_caching=True, block_size=8),
+]
+
+
+@pytest.fixture(params=list(FAMILIES))
+def family(request, tiny_model_dir):
+    kind, overrides, max_len, new_tokens = FAMILIES[request.param]
+    return tiny_model_dir(kind, **overrides), max_len, new_tokens
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=["naive", "paged-chunked-prefix"])
+def test_greedy_matches_hf(family, options):
+    path, max_len, new_tokens = family
+    prompts = random_prompts(8, 512, seed=31, min_len=1, max_len=max_len)
+    prompts[1] = prompts[0][:max_len // 2] + prompts[1][:10]  # a shared prefix for the prefix cache
+    expected = hf_greedy(path, prompts, new_tokens)
+    llm = LLM(str(path), skip_tokenizer_init=True, dtype="float32", **options)
+    params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outputs] == expected
+
+
+def test_prefill_logprobs_match_hf(family):
+    path, max_len, _ = family
+    prompt = random_prompts(1, 512, seed=17, min_len=max_len - 6, max_len=max_len - 6)[0]
+    reference = hf_logits(path, prompt).log_softmax(-1)
+    llm = LLM(str(path), skip_tokenizer_init=True, dtype="float32", max_logprobs=-1,
+              max_num_batched_tokens=16, block_size=8, enable_prefix_caching=True)
+    outputs = llm.generate([{"prompt_token_ids": prompt[:k]} for k in range(1, len(prompt) + 1)],
+                           SamplingParams(temperature=0, max_tokens=1, logprobs=512), use_tqdm=False)
+    for k, output in enumerate(outputs):
+        ours = torch.full((512,), float("nan"))
+        for token_id, lp in output.outputs[0].logprobs[0].items():
+            ours[token_id] = lp.logprob
+        torch.testing.assert_close(ours, reference[k], atol=1e-4, rtol=0)
+
+
+def test_longrope_table_matches_hf_position_by_position():
+    """Short factors before ``original_max_position_embeddings``, long ones from there on: what HF
+    computes for a decoded token at each position."""
+    from transformers import AutoConfig
+    from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
+
+    from folo_models.layers.rotary_embedding import RotaryEmbedding
+
+    cfg = AutoConfig.for_model("phi3", hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **LONGROPE)
+    hf, ours = Phi3RotaryEmbedding(cfg), RotaryEmbedding(cfg, 16, 192)
+    x = torch.zeros(1, 1, 16)
+    for position in (0, 20, 47, 48, 49, 100, 191):
+        cos, sin = hf(x, torch.tensor([[position]]))
+        torch.testing.assert_close(ours.cos[position], cos[0, 0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(ours.sin_signed[position, 4:], sin[0, 0, 4:], rtol=0, atol=1e-6)
+    assert ours.rotary_dim == 8
+    # The long factors do apply from position 48 (and only there): a table with long == short differs.
+    same = {**LONGROPE["rope_scaling"], "long_factor": LONGROPE["rope_scaling"]["short_factor"]}
+    short_only = RotaryEmbedding(AutoConfig.for_model(
+        "phi3", hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **{**LONGROPE, "rope_scaling": same}),
+        16, 192)
+    assert torch.equal(short_only.cos[:48], ours.cos[:48]) and not torch.allclose(short_only.cos[48:], ours.cos[48:])
+
+
+def test_a_fused_checkpoint_tensor_loads_like_its_shards():
+    """Phi-3's fused qkv_proj tensor splits into its shards: loaded whole, it gives the weights the
+    split names Llama uses give (``test_tensor_parallel`` runs Phi-3 on two ranks too)."""
+    from folo_models.layers.linear import QKVParallelLinear
+
+    layer = QKVParallelLinear(8, 2, num_heads=2, num_kv_heads=1)
+    fused = torch.arange(8 * 8, dtype=torch.float32).view(8, 8)
+    layer.weight_loader(layer.weight, fused)
+    by_shard = QKVParallelLinear(8, 2, num_heads=2, num_kv_heads=1)
+    for shard, part in zip("qkv", fused.split([4, 2, 2])):
+        by_shard.weight_loader(by_shard.weight, part, shard)
+    assert torch.equal(layer.weight, by_shard.weight) and torch.equal(layer.weight, fused)
