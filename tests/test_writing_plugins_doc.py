@@ -79,13 +79,14 @@ def test_doc_structured_output_backend_takes_regexes_and_auto_routes_the_rest(ti
 
 @pytest.mark.usefixtures("use_manager")
 def test_doc_sampler_scheduler_kv_manager_and_model_generate_hf_greedy(tmp_path):
-    model = build_tiny_model("llama", tmp_path, architectures=["MistralForCausalLM"], model_type="mistral",
-                             sliding_window=None)
+    model = build_tiny_model("llama", tmp_path, architectures=["MinistralForCausalLM"], model_type="ministral",
+                             head_dim=16, sliding_window=8,
+                             layer_types=["sliding_attention", "full_attention", "sliding_attention"])
     llm = LLM(str(model), sampler="greedy_only", scheduler="shortest_first", kv_cache_manager="headroom",
               dtype="float32", skip_tokenizer_init=True, num_gpu_blocks_override=12, max_num_batched_tokens=24)
     selected = llm.llm_engine.engine_core.selected
     assert (selected.model, selected.sampler, selected.scheduler, selected.kv_cache_manager) == (
-        "MistralForCausalLM", "greedy_only", "shortest_first", "headroom")
+        "MinistralForCausalLM", "greedy_only", "shortest_first", "headroom")
     prompts = random_prompts(4, 512, seed=3, min_len=5, max_len=40)
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                            SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True), use_tqdm=False)
