@@ -79,3 +79,30 @@ def random_prompts(n: int, vocab: int, seed: int = 0, min_len: int = 1, max_len:
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(min_len, max_len + 1, (n,), generator=g).tolist()
     return [torch.randint(0, vocab, (n_,), generator=g).tolist() for n_ in lengths]
+
+
+def assert_greedy_matches_hf(model_path: str | Path, prompts: list[list[int]], max_tokens: int, **llm_options) -> None:
+    """Folo's greedy continuations of ``prompts`` in one ``generate`` call (float32) are HF's."""
+    from folo_core import LLM, SamplingParams
+
+    expected = hf_greedy(model_path, prompts, max_tokens)
+    llm = LLM(str(model_path), skip_tokenizer_init=True, dtype="float32", **llm_options)
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outputs] == expected
+
+
+def assert_prefill_logprobs_match_hf(model_path: str | Path, prompt: list[int], vocab: int = 512,
+                                     atol: float = 1e-4, **llm_options) -> None:
+    """The log-probs Folo gives after every prefix of ``prompt`` are HF's full-sequence ones within ``atol``."""
+    from folo_core import LLM, SamplingParams
+
+    reference = hf_logits(model_path, prompt).log_softmax(-1)
+    llm = LLM(str(model_path), skip_tokenizer_init=True, dtype="float32", max_logprobs=-1, **llm_options)
+    outputs = llm.generate([{"prompt_token_ids": prompt[:k]} for k in range(1, len(prompt) + 1)],
+                           SamplingParams(temperature=0, max_tokens=1, logprobs=vocab), use_tqdm=False)
+    for k, output in enumerate(outputs):
+        ours = torch.full((vocab,), float("nan"))
+        for token_id, lp in output.outputs[0].logprobs[0].items():
+            ours[token_id] = lp.logprob
+        torch.testing.assert_close(ours, reference[k], atol=atol, rtol=0)

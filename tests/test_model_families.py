@@ -11,8 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from folo_core import LLM, SamplingParams
-from helpers import hf_greedy, hf_logits, random_prompts
+from helpers import assert_greedy_matches_hf, assert_prefill_logprobs_match_hf, random_prompts
 
 LONGROPE = dict(rope_scaling={"rope_type": "longrope", "short_factor": [1.1, 1.2, 1.5, 2.0],
                               "long_factor": [2.0, 2.5, 3.0, 4.0], "original_max_position_embeddings": 48},
@@ -47,26 +46,14 @@ def test_greedy_matches_hf(family, options):
     path, max_len, new_tokens = family
     prompts = random_prompts(8, 512, seed=31, min_len=1, max_len=max_len)
     prompts[1] = prompts[0][:max_len // 2] + prompts[1][:10]  # a shared prefix for the prefix cache
-    expected = hf_greedy(path, prompts, new_tokens)
-    llm = LLM(str(path), skip_tokenizer_init=True, dtype="float32", **options)
-    params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
-    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    assert [o.outputs[0].token_ids for o in outputs] == expected
+    assert_greedy_matches_hf(path, prompts, new_tokens, **options)
 
 
 def test_prefill_logprobs_match_hf(family):
     path, max_len, _ = family
     prompt = random_prompts(1, 512, seed=17, min_len=max_len - 6, max_len=max_len - 6)[0]
-    reference = hf_logits(path, prompt).log_softmax(-1)
-    llm = LLM(str(path), skip_tokenizer_init=True, dtype="float32", max_logprobs=-1,
-              max_num_batched_tokens=16, block_size=8, enable_prefix_caching=True)
-    outputs = llm.generate([{"prompt_token_ids": prompt[:k]} for k in range(1, len(prompt) + 1)],
-                           SamplingParams(temperature=0, max_tokens=1, logprobs=512), use_tqdm=False)
-    for k, output in enumerate(outputs):
-        ours = torch.full((512,), float("nan"))
-        for token_id, lp in output.outputs[0].logprobs[0].items():
-            ours[token_id] = lp.logprob
-        torch.testing.assert_close(ours, reference[k], atol=1e-4, rtol=0)
+    assert_prefill_logprobs_match_hf(path, prompt, max_num_batched_tokens=16, block_size=8,
+                                     enable_prefix_caching=True)
 
 
 def test_longrope_table_matches_hf_position_by_position():

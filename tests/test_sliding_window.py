@@ -8,9 +8,8 @@ them). Windows are shorter than the prompts, so the window changes the outputs.
 from __future__ import annotations
 
 import pytest
-import torch
 
-from folo_core import LLM, SamplingParams
+from folo_core import SamplingParams
 from folo_core.attention.backend import AttentionCapabilities
 from folo_core.config import EngineConfig
 from folo_core.engine.llm_engine import LLMEngine
@@ -22,7 +21,7 @@ from folo_core.registry import PluginSelectionError
 from folo_core.request import Request
 from folo_plugins.paged.attention import PagedSDPABackend
 from folo_plugins.paged.kv_cache_manager import PagedKVCacheManager
-from helpers import hf_greedy, hf_logits, random_prompts
+from helpers import assert_greedy_matches_hf, assert_prefill_logprobs_match_hf, hf_greedy, random_prompts
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
 MODELS = {
@@ -46,10 +45,7 @@ def windowed_model(request, tiny_model_dir):
 def test_greedy_matches_hf(windowed_model, options):
     prompts = random_prompts(8, 512, seed=21, min_len=1, max_len=70)
     prompts[1] = prompts[0][:40] + prompts[1][:10]  # a shared prefix for the prefix cache
-    expected = hf_greedy(windowed_model, prompts, GREEDY.max_tokens)
-    llm = LLM(str(windowed_model), skip_tokenizer_init=True, dtype="float32", **options)
-    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], GREEDY, use_tqdm=False)
-    assert [o.outputs[0].token_ids for o in outputs] == expected
+    assert_greedy_matches_hf(windowed_model, prompts, GREEDY.max_tokens, **options)
 
 
 def test_the_window_matters(tiny_model_dir):
@@ -63,16 +59,8 @@ def test_the_window_matters(tiny_model_dir):
 
 def test_prefill_logprobs_match_hf(windowed_model):
     prompt = random_prompts(1, 512, seed=17, min_len=30, max_len=30)[0]
-    reference = hf_logits(windowed_model, prompt).log_softmax(-1)
-    llm = LLM(str(windowed_model), skip_tokenizer_init=True, dtype="float32", max_logprobs=-1,
-              max_num_batched_tokens=16, block_size=8, enable_prefix_caching=True)
-    outputs = llm.generate([{"prompt_token_ids": prompt[:k]} for k in range(1, len(prompt) + 1)],
-                           SamplingParams(temperature=0, max_tokens=1, logprobs=512), use_tqdm=False)
-    for k, output in enumerate(outputs):
-        ours = torch.full((512,), float("nan"))
-        for token_id, lp in output.outputs[0].logprobs[0].items():
-            ours[token_id] = lp.logprob
-        torch.testing.assert_close(ours, reference[k], atol=1e-4, rtol=0)
+    assert_prefill_logprobs_match_hf(windowed_model, prompt, max_num_batched_tokens=16, block_size=8,
+                                     enable_prefix_caching=True)
 
 
 def test_long_generation_keeps_kv_blocks_bounded_and_matches_hf(tiny_model_dir):
