@@ -14,6 +14,13 @@
 // NT tiles (MR * NT <= 24 fp32 accumulators) in registers for the whole K, so
 // each weight vector loaded is used MR times; rows of x come in blocks of MR,
 // tiles in groups of NT, threads split the tiles.
+//
+// Where the CPU also has AMX (built with -march=native on such a CPU), row blocks
+// of 16 or more go to the tile unit instead: the same layout is exactly AMX's
+// B-tile format (16 pairs of K rows x 16 features x 2), so no second weight copy
+// is needed; 2 x 2 accumulator tiles cover 32 rows x 32 features, each A and B
+// tile is used twice. On a 2-core Xeon (AMX-BF16) SmolLM2's linears take 11 ms at
+// 32 rows and 25 ms at 128 against 59 and 186 ms on the vector path (oneDNN: 27, 47).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -25,6 +32,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#if defined(__AMX_BF16__) && defined(__AMX_TILE__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#define FOLO_HAVE_AMX 1
+#endif
 
 namespace {
 
@@ -83,6 +95,118 @@ Microkernel pick(int mr, int nt) {
   }
 }
 
+#ifdef FOLO_HAVE_AMX
+constexpr int64_t kAmxMinRows = 4;  // below this the vector path streams the weight faster
+constexpr int64_t kAmxKPairs = 16;   // K pairs per tile step (32 bf16 = one 64-byte tile row)
+
+// Linux hands out the tile data state only on request, once per process.
+bool amx_permitted() {
+  static const bool ok = [] {
+    constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles 0-3: C[row block][feature tile] (fp32), 4-5: A row blocks, 6-7: B feature tiles.
+void configure_tiles(int rows0, int rows1) {
+  TileConfig cfg;
+  const int rows[2] = {rows0, rows1};
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 2; ++j) {
+      cfg.rows[2 * i + j] = static_cast<uint8_t>(rows[i]);
+      cfg.colsb[2 * i + j] = 64;
+    }
+    cfg.rows[4 + i] = static_cast<uint8_t>(rows[i]);
+    cfg.colsb[4 + i] = 64;
+    cfg.rows[6 + i] = kAmxKPairs;
+    cfg.colsb[6 + i] = 64;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// One block of up to 32 rows of x by 2 feature tiles over the whole K (a multiple
+// of 32). The tile intrinsics take register numbers as immediates, hence the unrolling.
+template <bool TwoRowBlocks, bool TwoTiles>
+void amx_block(const uint16_t* x, int64_t x_stride, const uint16_t* w, int64_t k_pairs, float* c) {
+  const int64_t tile_stride = k_pairs * kTile * 2, x_bytes = x_stride * 2;
+  _tile_zero(0);
+  if (TwoTiles) _tile_zero(1);
+  if (TwoRowBlocks) {
+    _tile_zero(2);
+    if (TwoTiles) _tile_zero(3);
+  }
+  for (int64_t p = 0; p < k_pairs; p += kAmxKPairs) {
+    _tile_loadd(4, x + 2 * p, x_bytes);
+    _tile_loadd(6, w + p * kTile * 2, 64);
+    if (TwoTiles) _tile_loadd(7, w + tile_stride + p * kTile * 2, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    if (TwoTiles) _tile_dpbf16ps(1, 4, 7);
+    if (TwoRowBlocks) {
+      _tile_loadd(5, x + 16 * x_stride + 2 * p, x_bytes);
+      _tile_dpbf16ps(2, 5, 6);
+      if (TwoTiles) _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  // c is [32 rows][32 features] fp32.
+  _tile_stored(0, c, 128);
+  if (TwoTiles) _tile_stored(1, c + 16, 128);
+  if (TwoRowBlocks) {
+    _tile_stored(2, c + 16 * 32, 128);
+    if (TwoTiles) _tile_stored(3, c + 16 * 32 + 16, 128);
+  }
+}
+
+// y[rows, tiles * 16] = c + bias, converted to bf16.
+void store_block(const float* c, int64_t rows, int64_t tiles, const float* bias, uint16_t* y, int64_t y_stride) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < tiles; ++j) {
+      __m512 v = _mm512_loadu_ps(c + i * 32 + j * kTile);
+      if (bias != nullptr) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + j * kTile));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i * y_stride + j * kTile),
+                          (__m256i)_mm512_cvtneps_pbh(v));
+    }
+}
+
+// Rows [begin_row, end_row) by tiles [t_begin, t_end), blocks of 32 rows x 2 tiles.
+void amx_rows(const uint16_t* x, int64_t x_stride, const uint16_t* w, int64_t k_pairs, int64_t t_begin,
+              int64_t t_end, int64_t begin_row, int64_t end_row, const float* bias, uint16_t* y, int64_t y_stride) {
+  alignas(64) float c[32 * 32];
+  const int64_t tile_elems = k_pairs * kTile * 2;
+  int configured = -1;
+  for (int64_t r = begin_row; r < end_row; r += 32) {
+    const int64_t rows = std::min<int64_t>(32, end_row - r);
+    const int rows0 = static_cast<int>(std::min<int64_t>(16, rows)), rows1 = static_cast<int>(rows - rows0);
+    if (configured != rows0 * 32 + rows1) {
+      configure_tiles(rows0, std::max(rows1, 1));
+      configured = rows0 * 32 + rows1;
+    }
+    for (int64_t t = t_begin; t < t_end; t += 2) {
+      const bool two_tiles = t + 1 < t_end;
+      const uint16_t* xr = x + r * x_stride;
+      const uint16_t* wt = w + t * tile_elems;
+      if (rows1 > 0)
+        two_tiles ? amx_block<true, true>(xr, x_stride, wt, k_pairs, c)
+                  : amx_block<true, false>(xr, x_stride, wt, k_pairs, c);
+      else
+        two_tiles ? amx_block<false, true>(xr, x_stride, wt, k_pairs, c)
+                  : amx_block<false, false>(xr, x_stride, wt, k_pairs, c);
+      store_block(c, rows, two_tiles ? 2 : 1, bias == nullptr ? nullptr : bias + t * kTile,
+                  y + r * y_stride + t * kTile, y_stride);
+    }
+  }
+  _tile_release();
+}
+#endif
+
 // Pack W [N, K] (bf16, row-major) into [ceil(N/16)][ceil(K/2)][16][2], zero-padded.
 at::Tensor pack_bf16_weight(const at::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kBFloat16, "pack_bf16_weight: a 2-D bf16 weight");
@@ -126,12 +250,26 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& packed, const std:
   const int64_t x_stride = xin.size(1), tile_elems = k_pairs * kTile * 2;
   // Threads take contiguous runs of tiles. Rows go in panels of kPanelRows, so a
   // panel of x stays in L2 while the thread's tiles stream past it once.
+#ifdef FOLO_HAVE_AMX
+  // From 4 rows on every row goes to the tile unit (a partial tile is still faster
+  // than the vector path: 10 against 17 ms for SmolLM2's linears at 8 rows); a K
+  // that is not a multiple of 32 stays on the vector microkernels.
+  const int64_t amx_rows_end =
+      (m >= kAmxMinRows && k_pairs % kAmxKPairs == 0 && amx_permitted()) ? m : 0;
+#else
+  const int64_t amx_rows_end = 0;
+#endif
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t panel = 0; panel < m; panel += kPanelRows) {
       const int64_t panel_end = std::min(m, panel + kPanelRows);
-      for (int64_t t = begin; t < end; t += kMaxTiles) {
+      // Rows [panel, vector_begin) go to the tile unit, the rest to the vector microkernels.
+      const int64_t vector_begin = std::clamp(amx_rows_end, panel, panel_end);
+#ifdef FOLO_HAVE_AMX
+      if (vector_begin > panel) amx_rows(xp, x_stride, wp, k_pairs, begin, end, panel, vector_begin, bp, yp, padded_n);
+#endif
+      for (int64_t t = begin; t < end && vector_begin < panel_end; t += kMaxTiles) {
         const int nt = static_cast<int>(std::min<int64_t>(kMaxTiles, end - t));
-        for (int64_t r = panel; r < panel_end; r += kMaxRows) {
+        for (int64_t r = vector_begin; r < panel_end; r += kMaxRows) {
           const int mr = static_cast<int>(std::min<int64_t>(kMaxRows, panel_end - r));
           pick(mr, nt)(xp + r * x_stride, x_stride, wp + t * tile_elems, k_pairs,
                        bp == nullptr ? nullptr : bp + t * kTile, yp + r * padded_n + t * kTile, padded_n);
