@@ -1,11 +1,13 @@
-"""One decoder-only transformer for Llama, Mistral, Phi-3, Qwen2/2.5, Qwen3 and Granite.
+"""One decoder-only transformer for Llama, Mistral, Phi-3, Qwen2/2.5, Qwen3, Granite and Qwen2/3-MoE.
 
 They differ only in switches read from the HF config: bias on q/k/v (Qwen2),
 RMSNorm on q and k per head (Qwen3), explicit ``head_dim``, tied embeddings,
 Granite's multipliers (embeddings, residual branches, attention scale, logits),
 each layer's sliding window (Mistral, Phi-3; Qwen2/3 with ``use_sliding_window``),
-checkpoints with fused projections (Phi-3) and the rotary variant (see
-``rotary_embedding``).
+checkpoints with fused projections (Phi-3), the rotary variant (see
+``rotary_embedding``) and, for the MoE families, which layers route each token to
+its top-k experts (plus Qwen2-MoE's shared expert behind a sigmoid gate) instead of
+one MLP.
 """
 
 from __future__ import annotations
@@ -22,15 +24,47 @@ from folo_core.models import CheckpointError, ModelLoadContext
 from folo_core.quantization import QuantizationConfig
 from folo_models.layers.activation import SiluAndMul
 from folo_models.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from folo_models.layers.fused_moe import FusedMoE
 from folo_models.layers.layernorm import QKNorm, RMSNorm
 from folo_models.layers.linear import (
     MergedColumnParallelLinear,
     QKVParallelLinear,
+    ReplicatedLinear,
     RowParallelLinear,
     tp_rank_and_size,
 )
 from folo_models.layers.rotary_embedding import RotaryEmbedding
 from folo_models.weights import default_weight_loader, iterate_weights
+
+
+QKV_BIAS_ARCHS = ("Qwen2ForCausalLM", "Qwen2MoeForCausalLM")
+QK_NORM_ARCHS = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
+MOE_ARCHS = ("Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """Qwen2/3-MoE's expert switches."""
+
+    num_experts: int
+    top_k: int
+    intermediate_size: int  # of each routed expert
+    renormalize: bool  # norm_topk_prob
+    shared_expert_intermediate_size: int  # 0: no shared expert (Qwen3-MoE)
+    sparse_layers: tuple[bool, ...]  # which layers route (decoder_sparse_step, mlp_only_layers)
+
+    @classmethod
+    def from_hf_config(cls, cfg: Any) -> "MoESpec":
+        step, dense = getattr(cfg, "decoder_sparse_step", 1) or 1, set(getattr(cfg, "mlp_only_layers", None) or ())
+        return cls(
+            num_experts=cfg.num_experts,
+            top_k=cfg.num_experts_per_tok,
+            intermediate_size=cfg.moe_intermediate_size,
+            renormalize=bool(cfg.norm_topk_prob),
+            shared_expert_intermediate_size=getattr(cfg, "shared_expert_intermediate_size", 0) or 0,
+            sparse_layers=tuple(i not in dense and cfg.num_experts > 0 and (i + 1) % step == 0
+                                for i in range(cfg.num_hidden_layers)),
+        )
 
 
 @dataclass(frozen=True)
@@ -58,6 +92,7 @@ class DecoderSpec:
     logits_scaling: float
     layer_windows: tuple[int | None, ...]  # each layer's sliding window (None: full attention)
     fused_checkpoint: bool  # the checkpoint ships qkv_proj / gate_up_proj already fused (Phi-3)
+    moe: MoESpec | None
 
     @classmethod
     def from_hf_config(cls, arch: str, cfg: Any, max_position: int) -> "DecoderSpec":
@@ -76,10 +111,10 @@ class DecoderSpec:
             head_dim=head_dim,
             rms_norm_eps=cfg.rms_norm_eps,
             max_position=max_position,
-            qkv_bias=True if arch == "Qwen2ForCausalLM" else attention_bias,
-            o_bias=False if arch == "Qwen2ForCausalLM" else attention_bias,
+            qkv_bias=True if arch in QKV_BIAS_ARCHS else attention_bias,
+            o_bias=False if arch in QKV_BIAS_ARCHS else attention_bias,
             mlp_bias=bool(getattr(cfg, "mlp_bias", False)),
-            qk_norm=arch == "Qwen3ForCausalLM",
+            qk_norm=arch in QK_NORM_ARCHS,
             tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
             embedding_multiplier=float(getattr(cfg, "embedding_multiplier", 1.0)),
             residual_multiplier=float(getattr(cfg, "residual_multiplier", 1.0)),
@@ -87,6 +122,7 @@ class DecoderSpec:
             logits_scaling=float(getattr(cfg, "logits_scaling", 1.0)),
             layer_windows=layer_sliding_windows(cfg),
             fused_checkpoint=arch == "Phi3ForCausalLM",
+            moe=MoESpec.from_hf_config(cfg) if arch in MOE_ARCHS else None,
         )
 
 
@@ -99,8 +135,11 @@ def check_tensor_parallel(spec: DecoderSpec, tp_size: int) -> None:
         problems.append(f"num_attention_heads ({spec.num_heads})")
     if spec.num_kv_heads % tp_size and tp_size % spec.num_kv_heads:
         problems.append(f"num_key_value_heads ({spec.num_kv_heads}; nor does it divide tensor_parallel_size)")
-    if spec.intermediate_size % tp_size:
-        problems.append(f"intermediate_size ({spec.intermediate_size})")
+    sizes = {"intermediate_size": spec.intermediate_size}
+    if spec.moe is not None:
+        sizes["moe_intermediate_size"] = spec.moe.intermediate_size
+        sizes["shared_expert_intermediate_size"] = spec.moe.shared_expert_intermediate_size
+    problems += [f"{name} ({size})" for name, size in sizes.items() if size % tp_size]
     if problems:
         raise CheckpointError(f"tensor_parallel_size={tp_size} does not divide " + ", ".join(problems))
 
@@ -139,16 +178,42 @@ class DecoderAttention(nn.Module):
 
 
 class DecoderMLP(nn.Module):
-    def __init__(self, spec: DecoderSpec, quant: QuantizationConfig | None, prefix: str, dtype: torch.dtype) -> None:
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, quant: QuantizationConfig | None,
+                 prefix: str, dtype: torch.dtype) -> None:
         super().__init__()
-        self.gate_up_proj = MergedColumnParallelLinear(spec.hidden_size, [spec.intermediate_size] * 2,
-                                                       spec.mlp_bias, quant, f"{prefix}.gate_up_proj", dtype)
-        self.down_proj = RowParallelLinear(spec.intermediate_size, spec.hidden_size, spec.mlp_bias,
-                                           quant, f"{prefix}.down_proj", dtype)
+        self.gate_up_proj = MergedColumnParallelLinear(hidden_size, [intermediate_size] * 2, bias, quant,
+                                                       f"{prefix}.gate_up_proj", dtype)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias, quant, f"{prefix}.down_proj", dtype)
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+
+
+class SparseMoeBlock(nn.Module):
+    """Routed experts, plus Qwen2-MoE's shared expert scaled by ``sigmoid(shared_expert_gate(x))``.
+    The router stays unquantized (as in GPTQ checkpoints); quantized experts are refused."""
+
+    def __init__(self, spec: DecoderSpec, ctx: ModelLoadContext, prefix: str) -> None:
+        super().__init__()
+        moe = spec.moe
+        if ctx.quant_config is not None:
+            raise CheckpointError("quantized MoE experts are not supported yet (load the unquantized checkpoint)")
+        self.gate = ReplicatedLinear(spec.hidden_size, moe.num_experts, prefix=f"{prefix}.gate", params_dtype=ctx.dtype)
+        self.experts = FusedMoE(moe.num_experts, moe.top_k, spec.hidden_size, moe.intermediate_size,
+                                moe.renormalize, ctx.dtype)
+        self.shared_expert = self.shared_expert_gate = None
+        if moe.shared_expert_intermediate_size:
+            self.shared_expert = DecoderMLP(spec.hidden_size, moe.shared_expert_intermediate_size, False, None,
+                                            f"{prefix}.shared_expert", ctx.dtype)
+            self.shared_expert_gate = ReplicatedLinear(spec.hidden_size, 1, prefix=f"{prefix}.shared_expert_gate",
+                                                       params_dtype=ctx.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.experts(x, self.gate(x))
+        if self.shared_expert is not None:
+            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        return out
 
 
 class DecoderLayer(nn.Module):
@@ -156,7 +221,11 @@ class DecoderLayer(nn.Module):
         super().__init__()
         prefix = f"model.layers.{layer_idx}"
         self.self_attn = DecoderAttention(spec, ctx, f"{prefix}.self_attn", spec.layer_windows[layer_idx])
-        self.mlp = DecoderMLP(spec, ctx.quant_config, f"{prefix}.mlp", ctx.dtype)
+        if spec.moe is not None and spec.moe.sparse_layers[layer_idx]:
+            self.mlp = SparseMoeBlock(spec, ctx, f"{prefix}.mlp")
+        else:
+            self.mlp = DecoderMLP(spec.hidden_size, spec.intermediate_size, spec.mlp_bias, ctx.quant_config,
+                                  f"{prefix}.mlp", ctx.dtype)
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.residual_multiplier = spec.residual_multiplier
@@ -256,9 +325,9 @@ class DecoderForCausalLM(nn.Module):
             if method is not None:
                 method.process_weights_after_loading(module)
 
-    def _expected_tensors(self, params: dict[str, nn.Parameter]) -> dict[str, tuple[str, str | int | None]]:
+    def _expected_tensors(self, params: dict[str, nn.Parameter]) -> dict[str, tuple[str, object]]:
         """HF tensor name -> (our parameter name, fused shard id)."""
-        expected: dict[str, tuple[str, str | int | None]] = {}
+        expected: dict[str, tuple[str, object]] = {}
         for param_name in params:
             if self.spec.tie_word_embeddings and param_name == "lm_head.weight":
                 continue
@@ -268,6 +337,11 @@ class DecoderForCausalLM(nn.Module):
                 expected[param_name] = (param_name, None)
             for hf, ours, shard in fused:
                 expected[param_name.replace(ours, hf)] = (param_name, shard)
+        for prefix, module in self.named_modules():
+            if isinstance(module, FusedMoE):
+                for param in ("w13_weight", "w2_weight"):
+                    del expected[f"{prefix}.{param}"]
+                expected.update(module.checkpoint_tensors(prefix))
         return expected
 
 

@@ -35,6 +35,20 @@ TINY_CONFIGS: dict[str, dict] = {
                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
                  max_position_embeddings=512, tie_word_embeddings=False, rope_theta=10000.0, sliding_window=16,
                  pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    # Qwen2-MoE: 8 experts, top 2 without renormalization, a shared expert behind a sigmoid gate,
+    # layer 1 dense (mlp_only_layers); QKV bias, GQA 2, untied.
+    "qwen2_moe": dict(architectures=["Qwen2MoeForCausalLM"], model_type="qwen2_moe", hidden_size=64,
+                      intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+                      num_experts=8, num_experts_per_tok=2, norm_topk_prob=False, decoder_sparse_step=1,
+                      mlp_only_layers=[1], num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                      vocab_size=512, max_position_embeddings=512, tie_word_embeddings=False, rope_theta=10000.0),
+    # Qwen3-MoE: 6 experts, top 3 renormalized, no shared expert, every second layer sparse
+    # (decoder_sparse_step 2); QK-norm, head_dim 32, GQA 4, tied.
+    "qwen3_moe": dict(architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe", hidden_size=64,
+                      intermediate_size=128, moe_intermediate_size=48, num_experts=6, num_experts_per_tok=3,
+                      norm_topk_prob=True, decoder_sparse_step=2, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=1, head_dim=32, vocab_size=512, max_position_embeddings=512,
+                      tie_word_embeddings=True, rope_theta=1000000.0),
 }
 
 

@@ -28,6 +28,8 @@ FAMILIES = {
         "original_max_position_embeddings": 64}), 70, 16),
     "qwen2-rope-yarn": ("qwen2", dict(rope_scaling={"rope_type": "yarn", "factor": 4.0,
                                                     "original_max_position_embeddings": 64}), 70, 16),
+    "qwen2-moe": ("qwen2_moe", {}, 70, 16),
+    "qwen3-moe": ("qwen3_moe", {}, 70, 16),
 }
 OPTIONS = [
     dict(attention_backend="naive", enable_prefix_caching=False),
