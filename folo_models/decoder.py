@@ -1,7 +1,8 @@
-"""One decoder-only transformer for Llama, Mistral, Phi-3, Qwen2/2.5, Qwen3, Granite and Qwen2/3-MoE.
+"""One decoder-only transformer for Llama, Mistral, Phi-3, Qwen2/2.5, Qwen3, Granite, OLMo 2 and Qwen2/3-MoE.
 
 They differ only in switches read from the HF config: bias on q/k/v (Qwen2),
-RMSNorm on q and k per head (Qwen3), explicit ``head_dim``, tied embeddings,
+RMSNorm on q and k per head (Qwen3) or over the whole projections (OLMo 2), norms
+before or after each branch (OLMo 2), explicit ``head_dim``, tied embeddings,
 Granite's multipliers (embeddings, residual branches, attention scale, logits),
 each layer's sliding window (Mistral, Phi-3; Qwen2/3 with ``use_sliding_window``),
 checkpoints with fused projections (Phi-3), the rotary variant (see
@@ -38,7 +39,10 @@ from folo_models.weights import default_weight_loader, iterate_weights
 
 
 QKV_BIAS_ARCHS = ("Qwen2ForCausalLM", "Qwen2MoeForCausalLM")
-QK_NORM_ARCHS = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
+QK_NORM_ARCHS = {"Qwen3ForCausalLM": "per_head", "Qwen3MoeForCausalLM": "per_head", "Olmo2ForCausalLM": "projection"}
+# Where each layer's norms sit: "pre" (Llama: before attention and before the MLP) or "post"
+# (OLMo 2: after attention and after the MLP, before each branch joins the residual stream).
+POST_NORM_ARCHS = ("Olmo2ForCausalLM",)
 MOE_ARCHS = ("Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
 
 
@@ -83,7 +87,8 @@ class DecoderSpec:
     qkv_bias: bool
     o_bias: bool
     mlp_bias: bool
-    qk_norm: bool
+    qk_norm: str | None  # "per_head" (Qwen3) or "projection" (OLMo 2: the whole q and k projections)
+    post_norms: bool  # OLMo 2's norm placement (see POST_NORM_ARCHS)
     tie_word_embeddings: bool
     # Granite's scalars (1.0 and head_dim ** -0.5 elsewhere).
     embedding_multiplier: float
@@ -114,7 +119,8 @@ class DecoderSpec:
             qkv_bias=True if arch in QKV_BIAS_ARCHS else attention_bias,
             o_bias=False if arch in QKV_BIAS_ARCHS else attention_bias,
             mlp_bias=bool(getattr(cfg, "mlp_bias", False)),
-            qk_norm=arch in QK_NORM_ARCHS,
+            qk_norm=QK_NORM_ARCHS.get(arch),
+            post_norms=arch in POST_NORM_ARCHS,
             tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
             embedding_multiplier=float(getattr(cfg, "embedding_multiplier", 1.0)),
             residual_multiplier=float(getattr(cfg, "residual_multiplier", 1.0)),
@@ -142,6 +148,9 @@ def check_tensor_parallel(spec: DecoderSpec, tp_size: int) -> None:
     problems += [f"{name} ({size})" for name, size in sizes.items() if size % tp_size]
     if problems:
         raise CheckpointError(f"tensor_parallel_size={tp_size} does not divide " + ", ".join(problems))
+    if spec.qk_norm == "projection":
+        raise CheckpointError("tensor parallelism is not supported for a QK-norm over the whole projection "
+                              "(OLMo 2): each rank would need every head's variance")
 
 
 class DecoderAttention(nn.Module):
@@ -160,9 +169,12 @@ class DecoderAttention(nn.Module):
         self.kv_size = self.num_kv_heads * spec.head_dim
         self.o_proj = RowParallelLinear(spec.num_heads * spec.head_dim, spec.hidden_size, spec.o_bias, quant,
                                         f"{prefix}.o_proj", ctx.dtype)
-        self.qk_norm = None
-        if spec.qk_norm:
+        self.qk_norm = self.q_norm = self.k_norm = None
+        if spec.qk_norm == "per_head":
             self.qk_norm = QKNorm(self.num_heads, self.num_kv_heads, spec.head_dim, spec.rms_norm_eps)
+        elif spec.qk_norm == "projection":
+            self.q_norm = RMSNorm(self.q_size, spec.rms_norm_eps, scale_in_float32=True)
+            self.k_norm = RMSNorm(self.kv_size, spec.rms_norm_eps, scale_in_float32=True)
         self.attn = Attention(ctx.attn_backend, self.num_heads, spec.head_dim, spec.attention_scale,
                               self.num_kv_heads, prefix=f"{prefix}.attn", sliding_window=sliding_window)
 
@@ -170,6 +182,9 @@ class DecoderAttention(nn.Module):
         # Queries and keys sit side by side in the fused output: norm and rotate them as one
         # [T, heads + kv_heads, D] view, then hand the attention layer views, never copies.
         qk, v = self.qkv_proj(hidden_states).split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+        if self.q_norm is not None:
+            q, k = qk.split([self.q_size, self.kv_size], dim=-1)
+            qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=-1)
         qk = qk.unflatten(-1, (self.num_heads + self.num_kv_heads, self.head_dim))
         if self.qk_norm is not None:
             qk = self.qk_norm(qk)
@@ -217,6 +232,10 @@ class SparseMoeBlock(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """Attention and MLP branches joining the residual stream, with the norms where the family
+    puts them: before each branch (Llama: ``input_layernorm``, ``post_attention_layernorm``) or
+    after it (OLMo 2: ``post_attention_layernorm``, ``post_feedforward_layernorm``)."""
+
     def __init__(self, spec: DecoderSpec, ctx: ModelLoadContext, layer_idx: int) -> None:
         super().__init__()
         prefix = f"model.layers.{layer_idx}"
@@ -226,12 +245,19 @@ class DecoderLayer(nn.Module):
         else:
             self.mlp = DecoderMLP(spec.hidden_size, spec.intermediate_size, spec.mlp_bias, ctx.quant_config,
                                   f"{prefix}.mlp", ctx.dtype)
-        self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.post_norms = spec.post_norms
+        names = ("post_attention_layernorm", "post_feedforward_layernorm") if spec.post_norms else (
+            "input_layernorm", "post_attention_layernorm")
+        for name in names:
+            self.add_module(name, RMSNorm(spec.hidden_size, spec.rms_norm_eps, scale_in_float32=spec.post_norms))
         self.residual_multiplier = spec.residual_multiplier
 
     def forward(self, cos_sin, hidden_states, residual):
-        """Returns the MLP branch and the residual stream; the next norm adds them."""
+        """Returns the MLP branch and the residual stream; the next layer (or the final norm) adds them."""
+        if self.post_norms:
+            residual = hidden_states if residual is None else hidden_states + residual
+            hidden_states = residual + self.post_attention_layernorm(self.self_attn(cos_sin, residual))
+            return self.post_feedforward_layernorm(self.mlp(hidden_states)), hidden_states
         if residual is None:
             residual, hidden_states = hidden_states, self.input_layernorm(hidden_states)
         else:
@@ -252,7 +278,7 @@ class DecoderModel(nn.Module):
         self.embed_tokens = VocabParallelEmbedding(spec.vocab_size, spec.hidden_size, ctx.dtype)
         self.rotary_emb = RotaryEmbedding(hf_config, spec.head_dim, spec.max_position)
         self.layers = nn.ModuleList(DecoderLayer(spec, ctx, i) for i in range(spec.num_layers))
-        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, scale_in_float32=spec.post_norms)
         self.embedding_multiplier = spec.embedding_multiplier
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,11 @@ TINY_CONFIGS: dict[str, dict] = {
                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
                  max_position_embeddings=512, tie_word_embeddings=False, rope_theta=10000.0, sliding_window=16,
                  pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    # OLMo 2: norms after attention and after the MLP, QK-norm over the whole projections; GQA 2, untied.
+    "olmo2": dict(architectures=["Olmo2ForCausalLM"], model_type="olmo2", hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
+                  max_position_embeddings=512, tie_word_embeddings=False, rope_theta=500000.0,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2),
     # Qwen2-MoE: 8 experts, top 2 without renormalization, a shared expert behind a sigmoid gate,
     # layer 1 dense (mlp_only_layers); QKV bias, GQA 2, untied.
     "qwen2_moe": dict(architectures=["Qwen2MoeForCausalLM"], model_type="qwen2_moe", hidden_size=64,

@@ -28,6 +28,7 @@ FAMILIES = {
         "original_max_position_embeddings": 64}), 70, 16),
     "qwen2-rope-yarn": ("qwen2", dict(rope_scaling={"rope_type": "yarn", "factor": 4.0,
                                                     "original_max_position_embeddings": 64}), 70, 16),
+    "olmo2": ("olmo2", {}, 70, 16),
     "qwen2-moe": ("qwen2_moe", {}, 70, 16),
     "qwen3-moe": ("qwen3_moe", {}, 70, 16),
 }

@@ -45,3 +45,9 @@ def test_tp2_gptq_matches_one_rank(gptq_checkpoint, name):
     two = tp.generate(prompts, params, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in two] == [o.outputs[0].token_ids for o in one]
     tp.llm_engine.shutdown()
+
+
+def test_olmo2_projection_qk_norm_is_refused_under_tp(tiny_model_dir):
+    path = str(tiny_model_dir("olmo2"))
+    with pytest.raises(Exception, match="QK-norm over the whole projection"):
+        LLM(path, skip_tokenizer_init=True, tensor_parallel_size=2)

@@ -8,10 +8,14 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+    """``scale_in_float32``: multiply by the weight before rounding to ``x``'s dtype (OLMo 2's
+    order) instead of after (Llama's); the two agree in float32."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, scale_in_float32: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
         self.variance_epsilon = eps
+        self.scale_in_float32 = scale_in_float32
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """With ``residual``: returns (norm(x + residual), x + residual), the fused pre-norm step.
@@ -22,7 +26,10 @@ class RMSNorm(nn.Module):
         """
         if residual is not None:
             x = residual = x + residual
-        out = self.weight * F.rms_norm(x, self.weight.shape, eps=self.variance_epsilon)
+        if self.scale_in_float32:
+            out = (self.weight.float() * F.rms_norm(x.float(), self.weight.shape, eps=self.variance_epsilon)).to(x.dtype)
+        else:
+            out = self.weight * F.rms_norm(x, self.weight.shape, eps=self.variance_epsilon)
         return out if residual is None else (out, residual)
 
 
@@ -52,3 +59,4 @@ class QKNorm(nn.Module):
 
     def forward(self, qk: torch.Tensor) -> torch.Tensor:
         return self.weight * F.rms_norm(qk, self.weight.shape[1:], eps=self.variance_epsilon)
+
