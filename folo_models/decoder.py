@@ -1,8 +1,10 @@
-"""One decoder-only transformer for Llama, Mistral, Phi-3, Qwen2/2.5, Qwen3, Granite, OLMo 2 and Qwen2/3-MoE.
+"""One decoder-only transformer for Llama, Mistral, Phi-3, Qwen2/2.5, Qwen3, Granite, Gemma 3, OLMo 2
+and Qwen2/3-MoE.
 
 They differ only in switches read from the HF config: bias on q/k/v (Qwen2),
 RMSNorm on q and k per head (Qwen3) or over the whole projections (OLMo 2), norms
-before or after each branch (OLMo 2), explicit ``head_dim``, tied embeddings,
+before each branch, after it (OLMo 2) or both (Gemma 3), Gemma's (1 + w) norms,
+GeGLU, scaled embeddings and final-logit soft-cap, explicit ``head_dim``, tied embeddings,
 Granite's multipliers (embeddings, residual branches, attention scale, logits),
 each layer's sliding window (Mistral, Phi-3; Qwen2/3 with ``use_sliding_window``),
 checkpoints with fused projections (Phi-3), the rotary variant (see
@@ -23,7 +25,7 @@ from folo_core.attention.layer import Attention
 from folo_core.hf_utils import layer_sliding_windows
 from folo_core.models import CheckpointError, ModelLoadContext
 from folo_core.quantization import QuantizationConfig
-from folo_models.layers.activation import SiluAndMul
+from folo_models.layers.activation import ACTIVATIONS
 from folo_models.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from folo_models.layers.fused_moe import FusedMoE
 from folo_models.layers.layernorm import QKNorm, RMSNorm
@@ -34,15 +36,23 @@ from folo_models.layers.linear import (
     RowParallelLinear,
     tp_rank_and_size,
 )
-from folo_models.layers.rotary_embedding import RotaryEmbedding
+from folo_models.layers.rotary_embedding import RotaryEmbedding, rope_layer_types
 from folo_models.weights import default_weight_loader, iterate_weights
 
 
 QKV_BIAS_ARCHS = ("Qwen2ForCausalLM", "Qwen2MoeForCausalLM")
-QK_NORM_ARCHS = {"Qwen3ForCausalLM": "per_head", "Qwen3MoeForCausalLM": "per_head", "Olmo2ForCausalLM": "projection"}
-# Where each layer's norms sit: "pre" (Llama: before attention and before the MLP) or "post"
-# (OLMo 2: after attention and after the MLP, before each branch joins the residual stream).
-POST_NORM_ARCHS = ("Olmo2ForCausalLM",)
+QK_NORM_ARCHS = {"Qwen3ForCausalLM": "per_head", "Qwen3MoeForCausalLM": "per_head", "Olmo2ForCausalLM": "projection",
+                 "Gemma3ForCausalLM": "per_head"}
+# Where each layer's norms sit, role -> checkpoint name: before attention / the MLP ("pre_*")
+# and after them, before the branch joins the residual stream ("post_*").
+NORM_LAYOUTS = {
+    "pre": {"pre_attn": "input_layernorm", "pre_mlp": "post_attention_layernorm"},  # Llama
+    "post": {"post_attn": "post_attention_layernorm", "post_mlp": "post_feedforward_layernorm"},  # OLMo 2
+    "sandwich": {"pre_attn": "input_layernorm", "post_attn": "post_attention_layernorm",  # Gemma 3
+                 "pre_mlp": "pre_feedforward_layernorm", "post_mlp": "post_feedforward_layernorm"},
+}
+NORM_LAYOUT_ARCHS = {"Olmo2ForCausalLM": "post", "Gemma3ForCausalLM": "sandwich"}
+GEMMA_ARCHS = ("Gemma3ForCausalLM",)  # RMSNorm by (1 + w), embeddings scaled by sqrt(hidden_size)
 MOE_ARCHS = ("Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
 
 
@@ -88,7 +98,13 @@ class DecoderSpec:
     o_bias: bool
     mlp_bias: bool
     qk_norm: str | None  # "per_head" (Qwen3) or "projection" (OLMo 2: the whole q and k projections)
-    post_norms: bool  # OLMo 2's norm placement (see POST_NORM_ARCHS)
+    norm_layout: str  # a key of NORM_LAYOUTS
+    norm_offset: float  # Gemma: 1.0 (the norm scales by 1 + w)
+    norm_scale_in_float32: bool  # the norm weight applies before rounding (OLMo 2, Gemma)
+    activation: str  # a key of ACTIVATIONS
+    scale_embeddings: bool  # Gemma: embeddings times sqrt(hidden_size), rounded to the model dtype
+    final_logit_softcapping: float | None  # logits = cap * tanh(logits / cap)
+    layer_rope_types: tuple[str | None, ...]  # each layer's key into per-type rope_parameters (Gemma 3)
     tie_word_embeddings: bool
     # Granite's scalars (1.0 and head_dim ** -0.5 elsewhere).
     embedding_multiplier: float
@@ -101,8 +117,17 @@ class DecoderSpec:
 
     @classmethod
     def from_hf_config(cls, arch: str, cfg: Any, max_position: int) -> "DecoderSpec":
-        if getattr(cfg, "hidden_act", "silu") != "silu":
-            raise CheckpointError(f"hidden_act {cfg.hidden_act!r} is not supported (only 'silu')")
+        activation = getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", "silu")
+        if activation not in ACTIVATIONS:
+            raise CheckpointError(f"hidden_act {activation!r} is not supported (only {', '.join(ACTIVATIONS)})")
+        if getattr(cfg, "attn_logit_softcapping", None):
+            raise CheckpointError("attention logit soft-capping (attn_logit_softcapping) is not supported by "
+                                  "Folo's attention backends yet")
+        rope_types = rope_layer_types(cfg)
+        layer_types = tuple(getattr(cfg, "layer_types", None) or ())
+        if rope_types and (len(layer_types) != cfg.num_hidden_layers or set(layer_types) - set(rope_types)):
+            raise CheckpointError(f"rope_parameters are given for layer types {rope_types}, "
+                                  f"but layer_types is {list(layer_types)}")
         attention_bias = bool(getattr(cfg, "attention_bias", False))
         num_heads = cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // num_heads
@@ -120,11 +145,18 @@ class DecoderSpec:
             o_bias=False if arch in QKV_BIAS_ARCHS else attention_bias,
             mlp_bias=bool(getattr(cfg, "mlp_bias", False)),
             qk_norm=QK_NORM_ARCHS.get(arch),
-            post_norms=arch in POST_NORM_ARCHS,
+            norm_layout=NORM_LAYOUT_ARCHS.get(arch, "pre"),
+            norm_offset=1.0 if arch in GEMMA_ARCHS else 0.0,
+            norm_scale_in_float32=arch in NORM_LAYOUT_ARCHS,
+            activation=activation,
+            scale_embeddings=arch in GEMMA_ARCHS,
+            final_logit_softcapping=getattr(cfg, "final_logit_softcapping", None),
+            layer_rope_types=layer_types if rope_types else (None,) * cfg.num_hidden_layers,
             tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
             embedding_multiplier=float(getattr(cfg, "embedding_multiplier", 1.0)),
             residual_multiplier=float(getattr(cfg, "residual_multiplier", 1.0)),
-            attention_scale=float(getattr(cfg, "attention_multiplier", None) or head_dim ** -0.5),
+            attention_scale=float(getattr(cfg, "attention_multiplier", None)
+                                  or (getattr(cfg, "query_pre_attn_scalar", None) or head_dim) ** -0.5),
             logits_scaling=float(getattr(cfg, "logits_scaling", 1.0)),
             layer_windows=layer_sliding_windows(cfg),
             fused_checkpoint=arch == "Phi3ForCausalLM",
@@ -171,7 +203,7 @@ class DecoderAttention(nn.Module):
                                         f"{prefix}.o_proj", ctx.dtype)
         self.qk_norm = self.q_norm = self.k_norm = None
         if spec.qk_norm == "per_head":
-            self.qk_norm = QKNorm(self.num_heads, self.num_kv_heads, spec.head_dim, spec.rms_norm_eps)
+            self.qk_norm = QKNorm(self.num_heads, self.num_kv_heads, spec.head_dim, spec.rms_norm_eps, spec.norm_offset)
         elif spec.qk_norm == "projection":
             self.q_norm = RMSNorm(self.q_size, spec.rms_norm_eps, scale_in_float32=True)
             self.k_norm = RMSNorm(self.kv_size, spec.rms_norm_eps, scale_in_float32=True)
@@ -194,12 +226,12 @@ class DecoderAttention(nn.Module):
 
 class DecoderMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, quant: QuantizationConfig | None,
-                 prefix: str, dtype: torch.dtype) -> None:
+                 prefix: str, dtype: torch.dtype, activation: str = "silu") -> None:
         super().__init__()
         self.gate_up_proj = MergedColumnParallelLinear(hidden_size, [intermediate_size] * 2, bias, quant,
                                                        f"{prefix}.gate_up_proj", dtype)
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias, quant, f"{prefix}.down_proj", dtype)
-        self.act_fn = SiluAndMul()
+        self.act_fn = ACTIVATIONS[activation]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.gate_up_proj(x)))
@@ -244,50 +276,61 @@ class DecoderLayer(nn.Module):
             self.mlp = SparseMoeBlock(spec, ctx, f"{prefix}.mlp")
         else:
             self.mlp = DecoderMLP(spec.hidden_size, spec.intermediate_size, spec.mlp_bias, ctx.quant_config,
-                                  f"{prefix}.mlp", ctx.dtype)
-        self.post_norms = spec.post_norms
-        names = ("post_attention_layernorm", "post_feedforward_layernorm") if spec.post_norms else (
-            "input_layernorm", "post_attention_layernorm")
-        for name in names:
-            self.add_module(name, RMSNorm(spec.hidden_size, spec.rms_norm_eps, scale_in_float32=spec.post_norms))
+                                  f"{prefix}.mlp", ctx.dtype, spec.activation)
+        self.norms: dict[str, RMSNorm] = {}  # role -> the module registered under its checkpoint name
+        for role, name in NORM_LAYOUTS[spec.norm_layout].items():
+            self.add_module(name, make_norm(spec))
+            self.norms[role] = getattr(self, name)
         self.residual_multiplier = spec.residual_multiplier
+
+    @staticmethod
+    def _join(branch: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm | None):
+        """Add a branch to the residual stream; returns (the next branch's input, the stream)."""
+        if norm is None:
+            residual = branch if residual is None else branch + residual
+            return residual, residual
+        return (norm(branch), branch) if residual is None else norm(branch, residual)
+
+    def _branch_output(self, out: torch.Tensor, role: str) -> torch.Tensor:
+        norm = self.norms.get(role)
+        if norm is not None:
+            out = norm(out)
+        # Granite scales each branch before it joins the stream.
+        return out if self.residual_multiplier == 1.0 else out * self.residual_multiplier
 
     def forward(self, cos_sin, hidden_states, residual):
         """Returns the MLP branch and the residual stream; the next layer (or the final norm) adds them."""
-        if self.post_norms:
-            residual = hidden_states if residual is None else hidden_states + residual
-            hidden_states = residual + self.post_attention_layernorm(self.self_attn(cos_sin, residual))
-            return self.post_feedforward_layernorm(self.mlp(hidden_states)), hidden_states
-        if residual is None:
-            residual, hidden_states = hidden_states, self.input_layernorm(hidden_states)
-        else:
-            hidden_states, residual = self.input_layernorm(hidden_states, residual)
-        hidden_states = self.self_attn(cos_sin, hidden_states)
-        if self.residual_multiplier != 1.0:  # Granite scales each branch before it joins the stream
-            hidden_states = hidden_states * self.residual_multiplier
-        hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
-        hidden_states = self.mlp(hidden_states)
-        if self.residual_multiplier != 1.0:
-            hidden_states = hidden_states * self.residual_multiplier
-        return hidden_states, residual
+        hidden_states, residual = self._join(hidden_states, residual, self.norms.get("pre_attn"))
+        hidden_states = self._branch_output(self.self_attn(cos_sin, hidden_states), "post_attn")
+        hidden_states, residual = self._join(hidden_states, residual, self.norms.get("pre_mlp"))
+        return self._branch_output(self.mlp(hidden_states), "post_mlp"), residual
+
+
+def make_norm(spec: DecoderSpec) -> RMSNorm:
+    return RMSNorm(spec.hidden_size, spec.rms_norm_eps, spec.norm_scale_in_float32, spec.norm_offset)
 
 
 class DecoderModel(nn.Module):
     def __init__(self, spec: DecoderSpec, hf_config: Any, ctx: ModelLoadContext) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(spec.vocab_size, spec.hidden_size, ctx.dtype)
-        self.rotary_emb = RotaryEmbedding(hf_config, spec.head_dim, spec.max_position)
+        # One rotary table per rope layer type (one in all for most families).
+        self.rope_keys = [key or "all" for key in spec.layer_rope_types]
+        self.rotary_embs = nn.ModuleDict({key or "all": RotaryEmbedding(hf_config, spec.head_dim, spec.max_position, key)
+                                          for key in dict.fromkeys(spec.layer_rope_types)})
         self.layers = nn.ModuleList(DecoderLayer(spec, ctx, i) for i in range(spec.num_layers))
-        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, scale_in_float32=spec.post_norms)
+        self.norm = make_norm(spec)
         self.embedding_multiplier = spec.embedding_multiplier
+        if spec.scale_embeddings:  # HF rounds sqrt(hidden_size) to the model dtype first
+            self.embedding_multiplier = float(torch.tensor(spec.hidden_size ** 0.5, dtype=ctx.dtype))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden_states, residual = self.embed_tokens(input_ids), None
         if self.embedding_multiplier != 1.0:
             hidden_states = hidden_states * self.embedding_multiplier
-        cos_sin = self.rotary_emb.cos_sin(positions, hidden_states.dtype)
-        for layer in self.layers:
-            hidden_states, residual = layer(cos_sin, hidden_states, residual)
+        tables = {key: emb.cos_sin(positions, hidden_states.dtype) for key, emb in self.rotary_embs.items()}
+        for layer, key in zip(self.layers, self.rope_keys):
+            hidden_states, residual = layer(tables[key], hidden_states, residual)
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
 
@@ -322,7 +365,10 @@ class DecoderForCausalLM(nn.Module):
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head.compute_logits(hidden_states)
-        return logits if self.spec.logits_scaling == 1.0 else logits / self.spec.logits_scaling
+        if self.spec.logits_scaling != 1.0:
+            logits = logits / self.spec.logits_scaling
+        cap = self.spec.final_logit_softcapping
+        return logits if not cap else torch.tanh(logits / cap) * cap
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load HF-named tensors into the fused parameters; every gap is an error."""

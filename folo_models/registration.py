@@ -8,7 +8,8 @@ from folo_core.hookspecs import hookimpl
 from folo_models.decoder import load_decoder
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Phi3ForCausalLM", "Qwen2ForCausalLM", "Qwen2MoeForCausalLM",
-                 "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "GraniteForCausalLM", "Olmo2ForCausalLM")
+                 "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "GraniteForCausalLM", "Olmo2ForCausalLM",
+                 "Gemma3ForCausalLM")
 
 
 @hookimpl

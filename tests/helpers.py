@@ -35,6 +35,17 @@ TINY_CONFIGS: dict[str, dict] = {
                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
                  max_position_embeddings=512, tie_word_embeddings=False, rope_theta=10000.0, sliding_window=16,
                  pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    # Gemma 3 (text): sandwich norms by (1 + w), GeGLU (gelu-tanh), embeddings scaled by sqrt(64),
+    # per-head QK-norm, query_pre_attn_scalar 24 (not head_dim 32), sliding layers (window 10) with
+    # every third layer full, two RoPE bases; GQA 2, tied.
+    "gemma3": dict(architectures=["Gemma3ForCausalLM"], model_type="gemma3_text", hidden_size=64,
+                   intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                   head_dim=32, query_pre_attn_scalar=24, vocab_size=512, max_position_embeddings=512,
+                   sliding_window=10, layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                                                   "sliding_attention"],
+                   rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                    "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
+                   pad_token_id=0, bos_token_id=2, eos_token_id=1),
     # OLMo 2: norms after attention and after the MLP, QK-norm over the whole projections; GQA 2, untied.
     "olmo2": dict(architectures=["Olmo2ForCausalLM"], model_type="olmo2", hidden_size=64, intermediate_size=128,
                   num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,

@@ -29,6 +29,11 @@ FAMILIES = {
     "qwen2-rope-yarn": ("qwen2", dict(rope_scaling={"rope_type": "yarn", "factor": 4.0,
                                                     "original_max_position_embeddings": 64}), 70, 16),
     "olmo2": ("olmo2", {}, 70, 16),
+    "gemma3": ("gemma3", {}, 70, 16),
+    # Gemma 3 4B's scaled global RoPE, and a final-logit soft-cap (Gemma 2's; Gemma 3 allows it).
+    "gemma3-linear-rope-softcap": ("gemma3", dict(final_logit_softcapping=3.0, rope_parameters={
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}}), 70, 16),
     "qwen2-moe": ("qwen2_moe", {}, 70, 16),
     "qwen3-moe": ("qwen3_moe", {}, 70, 16),
 }

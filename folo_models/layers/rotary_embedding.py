@@ -7,6 +7,8 @@ factors from there on, per position, as vLLM does (HF switches a whole forward t
 the long factors once it reaches past that length, which agrees for decoding but
 not for a prefill that crosses it). ``dynamic`` depends on the batch's length and
 is refused. ``partial_rotary_factor`` rotates only the first part of each head.
+Configs whose ``rope_parameters`` are keyed by layer type (Gemma 3: one base for
+sliding layers, another for full ones) get one table per type.
 """
 
 from __future__ import annotations
@@ -19,12 +21,19 @@ from torch import nn
 from folo_core.models import CheckpointError
 
 
-def _rope_parameters(hf_config: Any) -> dict[str, Any]:
-    return dict(getattr(hf_config, "rope_parameters", None) or {})
+def rope_layer_types(hf_config: Any) -> tuple[str, ...]:
+    """The layer types ``rope_parameters`` is keyed by (empty when it is one set for all layers)."""
+    params = getattr(hf_config, "rope_parameters", None) or {}
+    return tuple(k for k, v in params.items() if isinstance(v, dict))
 
 
-def _inv_freq(hf_config: Any, rotary_dim: int, **kwargs: Any) -> tuple[torch.Tensor, float]:
-    params = _rope_parameters(hf_config)
+def _rope_parameters(hf_config: Any, layer_type: str | None) -> dict[str, Any]:
+    params = dict(getattr(hf_config, "rope_parameters", None) or {})
+    return dict(params[layer_type]) if layer_type is not None else params
+
+
+def _inv_freq(hf_config: Any, rotary_dim: int, layer_type: str | None, **kwargs: Any) -> tuple[torch.Tensor, float]:
+    params = _rope_parameters(hf_config, layer_type)
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type == "default":
         base = float(params.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0)))
@@ -36,20 +45,22 @@ def _inv_freq(hf_config: Any, rotary_dim: int, **kwargs: Any) -> tuple[torch.Ten
 
     if rope_type not in ROPE_INIT_FUNCTIONS:
         raise CheckpointError(f"unknown rope_type {rope_type!r}")
+    if layer_type is not None:
+        kwargs["layer_type"] = layer_type
     inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, torch.device("cpu"), **kwargs)
     return inv_freq.float(), float(scaling)
 
 
-def _angles(hf_config: Any, rotary_dim: int, max_position: int) -> tuple[torch.Tensor, float]:
+def _angles(hf_config: Any, rotary_dim: int, max_position: int, layer_type: str | None) -> tuple[torch.Tensor, float]:
     """[max_position, rotary_dim / 2] rotation angles and the cos/sin scaling."""
     positions = torch.arange(max_position, dtype=torch.float32)[:, None]
-    params = _rope_parameters(hf_config)
-    inv_freq, scaling = _inv_freq(hf_config, rotary_dim)
+    params = _rope_parameters(hf_config, layer_type)
+    inv_freq, scaling = _inv_freq(hf_config, rotary_dim, layer_type)
     angles = positions * inv_freq[None, :]
     if params.get("rope_type", params.get("type")) == "longrope":
         original = int(params.get("original_max_position_embeddings")
                        or getattr(hf_config, "original_max_position_embeddings", max_position))
-        long_inv_freq, _ = _inv_freq(hf_config, rotary_dim, seq_len=original + 1)
+        long_inv_freq, _ = _inv_freq(hf_config, rotary_dim, layer_type, seq_len=original + 1)
         angles[original:] = positions[original:] * long_inv_freq[None, :]
     return angles, scaling
 
@@ -62,14 +73,14 @@ class RotaryEmbedding(nn.Module):
     (``flip``) instead of chunk, neg and cat, with the same rounding as HF.
     """
 
-    def __init__(self, hf_config: Any, head_dim: int, max_position: int) -> None:
+    def __init__(self, hf_config: Any, head_dim: int, max_position: int, layer_type: str | None = None) -> None:
         super().__init__()
-        factor = float(_rope_parameters(hf_config).get("partial_rotary_factor", 1.0))
+        factor = float(_rope_parameters(hf_config, layer_type).get("partial_rotary_factor", 1.0))
         self.rotary_dim = int(head_dim * factor)
         if self.rotary_dim % 2 or not 0 < self.rotary_dim <= head_dim:
             raise CheckpointError(f"partial_rotary_factor {factor} gives {self.rotary_dim} rotary dimensions "
                                   f"of {head_dim}; needs an even number, at least 2")
-        angles, scaling = _angles(hf_config, self.rotary_dim, max_position)
+        angles, scaling = _angles(hf_config, self.rotary_dim, max_position, layer_type)
         self.register_buffer("cos", torch.cat((angles, angles), dim=-1).cos() * scaling, persistent=False)
         sin = angles.sin() * scaling
         self.register_buffer("sin_signed", torch.cat((-sin, sin), dim=-1), persistent=False)
