@@ -246,6 +246,8 @@ class SparseMoeBlock(nn.Module):
         moe = spec.moe
         if ctx.quant_config is not None:
             raise CheckpointError("quantized MoE experts are not supported yet (load the unquantized checkpoint)")
+        if spec.activation != "silu":  # fused_experts computes silu(gate) * up
+            raise CheckpointError(f"MoE experts with hidden_act {spec.activation!r} are not supported (only 'silu')")
         self.gate = ReplicatedLinear(spec.hidden_size, moe.num_experts, prefix=f"{prefix}.gate", params_dtype=ctx.dtype)
         self.experts = FusedMoE(moe.num_experts, moe.top_k, spec.hidden_size, moe.intermediate_size,
                                 moe.renormalize, ctx.dtype)
@@ -265,8 +267,7 @@ class SparseMoeBlock(nn.Module):
 
 class DecoderLayer(nn.Module):
     """Attention and MLP branches joining the residual stream, with the norms where the family
-    puts them: before each branch (Llama: ``input_layernorm``, ``post_attention_layernorm``) or
-    after it (OLMo 2: ``post_attention_layernorm``, ``post_feedforward_layernorm``)."""
+    puts them (``NORM_LAYOUTS``): before each branch (Llama), after it (OLMo 2) or both (Gemma 3)."""
 
     def __init__(self, spec: DecoderSpec, ctx: ModelLoadContext, layer_idx: int) -> None:
         super().__init__()

@@ -5,7 +5,7 @@ sizes on a 2-core EPYC, where a plain read loop reaches about 25 GB/s; this
 kernel keeps the whole K of a row block in registers over a weight packed for
 ``vdpbf16ps`` and reaches the read loop's speed (``benchmarks/linear_kernels.py``
 has the sweep). Where the CPU also has AMX-BF16, blocks of 4 rows or more run on the
-tile unit over the same packed weight (2-5x faster than oneDNN's AMX path from 8
+tile unit over the same packed weight (1.8-3x faster than oneDNN's AMX path from 8
 rows up on a 2-core Xeon). It is used only where the CPU has the instruction and
 a C++ compiler is present; elsewhere oneDNN stays.
 """

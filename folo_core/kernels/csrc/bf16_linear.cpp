@@ -15,8 +15,8 @@
 // each weight vector loaded is used MR times; rows of x come in blocks of MR,
 // tiles in groups of NT, threads split the tiles.
 //
-// Where the CPU also has AMX (built with -march=native on such a CPU), row blocks
-// of 16 or more go to the tile unit instead: the same layout is exactly AMX's
+// Where the CPU also has AMX (built with -march=native on such a CPU), inputs of
+// 4 rows or more go to the tile unit instead: the same layout is exactly AMX's
 // B-tile format (16 pairs of K rows x 16 features x 2), so no second weight copy
 // is needed; 2 x 2 accumulator tiles cover 32 rows x 32 features, each A and B
 // tile is used twice. On a 2-core Xeon (AMX-BF16) SmolLM2's linears take 11 ms at
@@ -254,22 +254,22 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& packed, const std:
   // From 4 rows on every row goes to the tile unit (a partial tile is still faster
   // than the vector path: 10 against 17 ms for SmolLM2's linears at 8 rows); a K
   // that is not a multiple of 32 stays on the vector microkernels.
-  const int64_t amx_rows_end =
-      (m >= kAmxMinRows && k_pairs % kAmxKPairs == 0 && amx_permitted()) ? m : 0;
+  const bool use_amx = m >= kAmxMinRows && k_pairs % kAmxKPairs == 0 && amx_permitted();
 #else
-  const int64_t amx_rows_end = 0;
+  [[maybe_unused]] constexpr bool use_amx = false;
 #endif
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t panel = 0; panel < m; panel += kPanelRows) {
       const int64_t panel_end = std::min(m, panel + kPanelRows);
-      // Rows [panel, vector_begin) go to the tile unit, the rest to the vector microkernels.
-      const int64_t vector_begin = std::clamp(amx_rows_end, panel, panel_end);
 #ifdef FOLO_HAVE_AMX
-      if (vector_begin > panel) amx_rows(xp, x_stride, wp, k_pairs, begin, end, panel, vector_begin, bp, yp, padded_n);
+      if (use_amx) {
+        amx_rows(xp, x_stride, wp, k_pairs, begin, end, panel, panel_end, bp, yp, padded_n);
+        continue;
+      }
 #endif
-      for (int64_t t = begin; t < end && vector_begin < panel_end; t += kMaxTiles) {
+      for (int64_t t = begin; t < end; t += kMaxTiles) {
         const int nt = static_cast<int>(std::min<int64_t>(kMaxTiles, end - t));
-        for (int64_t r = vector_begin; r < panel_end; r += kMaxRows) {
+        for (int64_t r = panel; r < panel_end; r += kMaxRows) {
           const int mr = static_cast<int>(std::min<int64_t>(kMaxRows, panel_end - r));
           pick(mr, nt)(xp + r * x_stride, x_stride, wp + t * tile_elems, k_pairs,
                        bp == nullptr ? nullptr : bp + t * kTile, yp + r * padded_n + t * kTile, padded_n);
