@@ -5,7 +5,7 @@ Emulates, on any device, the paged forms of upstream PyPI ``flash-attn``'s
 * ``flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
   max_seqlen_k, ..., causal, block_table)``
 * ``flash_attn_with_kvcache(q, k_cache, v_cache, ..., cache_seqlens, block_table,
-  softmax_scale, causal)``
+  softmax_scale, causal, window_size, softcap)``
 
 with the same signatures, and the argument checks of ``csrc/flash_attn/flash_api.cpp``
 that can run without a GPU, so the flash backend's own code (metadata, layout,
@@ -16,6 +16,8 @@ call arguments) is exercised on CPU. Derived from a colleague's study of the
 Semantics:
 
 * GQA: query head ``h`` uses KV head ``h // (nheads // nheads_k)``.
+* ``softcap`` C > 0 turns each scaled score ``s`` into ``C * tanh(s / C)`` before the
+  softmax (upstream folds the scale into the tanh's argument: the same function).
 * ``causal=True`` aligns the mask to the bottom right of each sequence's
   (seqlen_q x seqlen_k) scores: query ``i`` sees key ``j`` iff
   ``j <= i + seqlen_k - seqlen_q``. Rows with no visible key are zero.
@@ -75,9 +77,9 @@ def _check_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     _check(q.shape[-2] % num_heads_k == 0, "Number of heads in key/value must divide number of heads in query")
 
 
-def _check_no_extras(dropout_p: float, softcap: float, alibi_slopes) -> None:
-    if dropout_p or softcap or alibi_slopes is not None:
-        raise NotImplementedError("reference: dropout, softcap and ALiBi are not implemented")
+def _check_no_extras(dropout_p: float, alibi_slopes) -> None:
+    if dropout_p or alibi_slopes is not None:
+        raise NotImplementedError("reference: dropout and ALiBi are not implemented")
 
 
 def _gather_paged(cache: torch.Tensor, block_row: torch.Tensor, length: int) -> torch.Tensor:
@@ -93,7 +95,7 @@ def _gather_paged(cache: torch.Tensor, block_row: torch.Tensor, length: int) -> 
 
 
 def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
-                window_size: tuple[int, int]) -> torch.Tensor:
+                window_size: tuple[int, int], softcap: float) -> torch.Tensor:
     """Exact attention of one sequence in float32: q [Lq, H, d], k/v [Lk, Hk, d] -> [Lq, H, d].
 
     Query ``i`` sits at key position ``i + Lk - Lq`` (bottom-right alignment); ``window_size``
@@ -108,6 +110,8 @@ def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     group = q.shape[1] // k.shape[1]
     k, v = k.float().repeat_interleave(group, dim=1), v.float().repeat_interleave(group, dim=1)
     scores = torch.einsum("qhd,khd->hqk", q.float(), k) * scale
+    if softcap > 0:
+        scores = torch.tanh(scores / softcap) * softcap
     if causal:
         right = 0
     q_pos = torch.arange(lq, device=q.device)[:, None] + lk - lq
@@ -126,7 +130,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                            deterministic=False, return_attn_probs=False, block_table=None):
     """Paged ``flash_attn_varlen_func``: q [total_q, nheads, d] -> out [total_q, nheads, d] in q.dtype."""
-    _check_no_extras(dropout_p, softcap, alibi_slopes)
+    _check_no_extras(dropout_p, alibi_slopes)
     if return_attn_probs:
         raise NotImplementedError("reference: return_attn_probs is not implemented")
     _check(q.dim() == 3, "q must have shape (total_q, num_heads, head_size)")
@@ -154,7 +158,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     for b in range(batch_size):
         kv_len = ck[b + 1] - ck[b]
         keys, values = _gather_paged(k, block_table[b], kv_len), _gather_paged(v, block_table[b], kv_len)
-        out[cq[b]:cq[b + 1]] = _attend_one(q[cq[b]:cq[b + 1]], keys, values, scale, causal, window_size)
+        out[cq[b]:cq[b + 1]] = _attend_one(q[cq[b]:cq[b + 1]], keys, values, scale, causal, window_size, softcap)
     return out.to(q.dtype)
 
 
@@ -163,7 +167,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                             softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                             rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False):
     """Paged ``flash_attn_with_kvcache`` without appends: q [batch, seqlen_q, nheads, d] -> same shape."""
-    _check_no_extras(0.0, softcap, alibi_slopes)
+    _check_no_extras(0.0, alibi_slopes)
     if any(x is not None for x in (k, v, rotary_cos, rotary_sin, cache_batch_idx, cache_leftpad)) or return_softmax_lse:
         raise NotImplementedError("reference: appending k/v, rotary, cache_batch_idx, cache_leftpad and "
                                   "return_softmax_lse are not implemented")
@@ -181,5 +185,5 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     for b, kv_len in enumerate(cache_seqlens.tolist()):
         keys, values = _gather_paged(k_cache, block_table[b], kv_len), _gather_paged(v_cache, block_table[b], kv_len)
-        out[b] = _attend_one(q[b], keys, values, scale, causal, window_size)
+        out[b] = _attend_one(q[b], keys, values, scale, causal, window_size, softcap)
     return out.to(q.dtype)

@@ -59,9 +59,8 @@ def _case(scenario: str, gqa_ratio: int = 2) -> ConformanceCase:
 class _DefaultScaleImpl(NaiveAttentionImpl):
     """Ignores the model's softmax scale."""
 
-    def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int,
-                 sliding_window: int | None = None) -> None:
-        super().__init__(num_heads, head_size, head_size ** -0.5, num_kv_heads, sliding_window)
+    def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int, **options) -> None:
+        super().__init__(num_heads, head_size, head_size ** -0.5, num_kv_heads, **options)
 
 
 class _DefaultScaleBackend(NaiveAttentionBackend):
@@ -144,10 +143,11 @@ def test_third_party_subclass_runs_declared_cases_and_skips_the_rest(pytester):
             backend = Float32Only
     """)
     result = pytester.runpytest_inprocess("-v", "-rs", "-k", "gqa2")
-    result.assert_outcomes(passed=16, skipped=16)  # 4 scenarios x 2 block sizes, full and windowed
+    result.assert_outcomes(passed=24, skipped=24)  # 4 scenarios x 2 block sizes: full, windowed, soft-capped
     result.stdout.fnmatch_lines(["*test_conformance?prefill-gqa2-bs8-float32? PASSED*",
                                  "*test_conformance?prefill-gqa2-bs16-float32? PASSED*",
-                                 "*test_conformance?decode-gqa2-bs8-sw7-float32? PASSED*"])
+                                 "*test_conformance?decode-gqa2-bs8-sw7-float32? PASSED*",
+                                 "*test_conformance?mixed-gqa2-bs8-cap1.5-float32? PASSED*"])
     result.stdout.fnmatch_lines(["*float32_only cannot run *bfloat16 on cpu: dtype torch.bfloat16 not in*"])
 
 
@@ -183,6 +183,38 @@ def test_kit_rejects_a_backend_that_ignores_the_window():
     """It attends too far back (and, decoding, reads the blocks given away before the window)."""
     with pytest.raises(AssertionError, match=r"step \d layer 0, request \d"):
         check_conformance(_FullAttentionBackend, dataclasses.replace(_case("decode"), sliding_window=7))
+
+
+def test_undeclared_soft_cap_is_skipped_with_the_reason():
+    class NoCap(PagedSDPABackend):
+        name = "no_cap"
+        capabilities = AttentionCapabilities(sliding_window=True)
+
+    capped = dataclasses.replace(_case("decode"), logits_soft_cap=1.5)
+    assert skip_reason(NoCap, _case("decode"), "cpu") is None
+    assert "attention logit soft-capping is not supported" in skip_reason(NoCap, capped, "cpu")
+
+
+class _UncappedImpl(NaiveAttentionImpl):
+    """Ignores the layer's logit soft-cap."""
+
+    def __init__(self, *args, logits_soft_cap: float | None = None, **options) -> None:
+        super().__init__(*args, **options)
+
+
+class _UncappedBackend(NaiveAttentionBackend):
+    @staticmethod
+    def get_impl_cls():
+        return _UncappedImpl
+
+
+@pytest.mark.parametrize("scenario", ["prefill", "decode"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kit_rejects_a_backend_that_ignores_the_soft_cap(scenario, dtype):
+    case = dataclasses.replace(_case(scenario), dtype=dtype, logits_soft_cap=1.5)
+    check_conformance(NaiveAttentionBackend, case)
+    with pytest.raises(AssertionError, match=r"step \d layer \d, request \d"):
+        check_conformance(_UncappedBackend, case)
 
 
 def test_undeclared_gqa_is_skipped_with_the_reason():

@@ -83,7 +83,7 @@ def test_cpu_kernel_reads_only_each_request_tokens():
             key_cache[block, offset] = torch.randn(2, 8)
             value_cache[block, offset] = torch.randn(2, 8)
     q = torch.randn(2, 6, 8)  # 6 query heads over 2 KV heads
-    out = torch.ops.folo_cpu.paged_decode_attention(q, key_cache, value_cache, block_table, seq_lens, 0.3, 0)
+    out = torch.ops.folo_cpu.paged_decode_attention(q, key_cache, value_cache, block_table, seq_lens, 0.3, 0, 0.0)
     for row, n in enumerate(seq_lens.tolist()):
         slots = torch.tensor([int(block_table[row, p // 4]) * 4 + p % 4 for p in range(n)])
         k = key_cache.view(-1, 2, 8)[slots]  # [n, KH, D]

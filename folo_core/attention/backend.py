@@ -28,6 +28,7 @@ class AttentionCapabilities:
     prefix_caching: bool = True
     gqa: bool = True
     sliding_window: bool = False  # honours ``AttentionImpl.sliding_window`` (Mistral, Gemma 2/3, Phi-3)
+    logits_soft_cap: bool = False  # honours ``AttentionImpl.logits_soft_cap`` (Gemma 2)
 
     def mismatches(self, ctx: SelectionContext) -> list[str]:
         reasons = []
@@ -43,6 +44,8 @@ class AttentionCapabilities:
             reasons.append("grouped-query attention is not supported")
         if not self.sliding_window and ctx.options.get("sliding_window"):
             reasons.append("sliding-window attention is not supported (the model has windowed layers)")
+        if not self.logits_soft_cap and ctx.options.get("logits_soft_cap"):
+            reasons.append("attention logit soft-capping is not supported (the model sets attn_logit_softcapping)")
         if not self.chunked_prefill and ctx.options.get("enable_chunked_prefill"):
             reasons.append("chunked prefill is not supported (set enable_chunked_prefill=False)")
         if not self.prefix_caching and ctx.options.get("enable_prefix_caching"):
@@ -92,19 +95,25 @@ class AttentionImpl(ABC):
     With ``sliding_window`` W, the query at position ``i`` sees only the keys at
     ``i - W < j <= i``, and must not read the cache before that: a KV manager may
     already have given those blocks to another request.
+
+    With ``logits_soft_cap`` C, each scaled score ``s`` becomes ``C * tanh(s / C)`` before
+    the softmax (Gemma 2's ``attn_logit_softcapping``).
     """
 
     def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int,
-                 sliding_window: int | None = None) -> None:
+                 sliding_window: int | None = None, logits_soft_cap: float | None = None) -> None:
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
         if sliding_window is not None and sliding_window < 1:
             raise ValueError(f"sliding_window must be at least 1, got {sliding_window}")
+        if logits_soft_cap is not None and not logits_soft_cap > 0:
+            raise ValueError(f"logits_soft_cap must be positive, got {logits_soft_cap}")
         self.num_heads = num_heads
         self.head_size = head_size
         self.scale = scale
         self.num_kv_heads = num_kv_heads
         self.sliding_window = sliding_window
+        self.logits_soft_cap = logits_soft_cap
 
     @abstractmethod
     def forward(

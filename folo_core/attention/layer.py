@@ -26,6 +26,7 @@ class Attention(nn.Module):
         num_kv_heads: int,
         prefix: str = "",
         sliding_window: int | None = None,
+        logits_soft_cap: float | None = None,
     ) -> None:
         super().__init__()
         self.backend = backend
@@ -34,7 +35,8 @@ class Attention(nn.Module):
         self.num_kv_heads = num_kv_heads
         self.prefix = prefix
         self.sliding_window = sliding_window
-        self.impl = backend.get_impl_cls()(num_heads, head_size, scale, num_kv_heads, sliding_window)
+        self.impl = backend.get_impl_cls()(num_heads, head_size, scale, num_kv_heads, sliding_window=sliding_window,
+                                           logits_soft_cap=logits_soft_cap)
         self.kv_cache: torch.Tensor | None = None
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

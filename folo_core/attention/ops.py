@@ -53,19 +53,23 @@ def causal_attention(
     scale: float,
     sliding_window: int | None = None,
     kv_offset: int = 0,
+    logits_soft_cap: float | None = None,
 ) -> torch.Tensor:  # [q_len, num_heads, head_size]
     """Explicit-softmax attention of one sequence, the reference math every backend must match.
 
     Query ``j`` sits at position ``kv_offset + kv_len - q_len + j`` and sees the keys up to its
     own position (causal mask aligned to the bottom right), and with ``sliding_window`` W only
     the last W of them. ``key``/``value`` may start at ``kv_offset`` (a window's first position)
-    instead of 0. Computes in the inputs' dtype, so callers choose the precision.
+    instead of 0. With ``logits_soft_cap`` C the scaled scores become ``C * tanh(s / C)``.
+    Computes in the inputs' dtype, so callers choose the precision.
     """
     q_len, kv_len = query.shape[0], key.shape[0]
     group = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(group, dim=1)
     value = value.repeat_interleave(group, dim=1)
     scores = torch.einsum("qhd,khd->hqk", query, key) * scale
+    if logits_soft_cap is not None:
+        scores = torch.tanh(scores / logits_soft_cap) * logits_soft_cap
     visible = visible_keys(q_len, kv_len, sliding_window, kv_offset, query.device)
     probs = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
     return torch.einsum("hqk,khd->qhd", probs, value)

@@ -41,6 +41,7 @@ def selection_context(config: EngineConfig) -> SelectionContext:
             "tensor_parallel_size": config.parallel.tensor_parallel_size,
             "data_parallel_size": config.parallel.data_parallel_size,
             "sliding_window": any(w is not None for w in layer_sliding_windows(hf_config)),
+            "logits_soft_cap": bool(getattr(hf_config, "attn_logit_softcapping", None)),
         },
     )
 

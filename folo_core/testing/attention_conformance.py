@@ -12,11 +12,13 @@ the backend's ``split_kv_cache`` at every slot any step wrote.
 
 Cases cover pure prefill, pure decode, mixed batches and chunked prefill
 continuing from cached blocks; GQA ratios 1/2/4/8; the smallest block sizes the
-backend declares; float32 and bfloat16; and sliding-window attention on the
+backend declares; float32 and bfloat16; sliding-window attention on the
 first layer only (the second stays full, as Gemma alternates them), where after
 every step the blocks wholly before each request's window are overwritten with
-NaN, as if the KV manager had given them to another request. Cases the backend's
-capability declaration excludes are skipped, with the reason.
+NaN, as if the KV manager had given them to another request; and attention logit
+soft-capping on both layers (Gemma 2), with a cap small enough that ignoring it
+fails. Cases the backend's capability declaration excludes are skipped, with the
+reason.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ TOLERANCES = {
 NUM_KV_HEADS = 2
 NUM_LAYERS = 2
 SLIDING_WINDOW = 7  # shorter than the prompts and not a multiple of any block size
+LOGITS_SOFT_CAP = 1.5  # the cases' scores have a standard deviation of about 0.7: the cap bends them
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class ConformanceCase:
     dtype: torch.dtype
     head_size: int
     sliding_window: int | None = None  # the first layer's window; the second is always full
+    logits_soft_cap: float | None = None  # every layer's
 
     def layer_window(self, layer: int) -> int | None:
         return self.sliding_window if layer == 0 else None
@@ -78,7 +82,8 @@ class ConformanceCase:
 
     def __str__(self) -> str:
         window = f"-sw{self.sliding_window}" if self.sliding_window else ""
-        return (f"{self.scenario}-gqa{self.gqa_ratio}-bs{self.block_size}{window}-"
+        cap = f"-cap{self.logits_soft_cap}" if self.logits_soft_cap else ""
+        return (f"{self.scenario}-gqa{self.gqa_ratio}-bs{self.block_size}{window}{cap}-"
                 f"{str(self.dtype).removeprefix('torch.')}")
 
     def selection_context(self, device: str) -> SelectionContext:
@@ -86,7 +91,8 @@ class ConformanceCase:
         return SelectionContext(device=device, dtype=self.dtype, head_size=self.head_size,
                                 num_heads=self.num_heads, num_kv_heads=NUM_KV_HEADS, block_size=self.block_size,
                                 options={"enable_chunked_prefill": continues_cached,
-                                         "sliding_window": self.sliding_window is not None})
+                                         "sliding_window": self.sliding_window is not None,
+                                         "logits_soft_cap": self.logits_soft_cap is not None})
 
 
 def declared_block_sizes(backend: type[AttentionBackend]) -> tuple[int, ...]:
@@ -98,14 +104,16 @@ def declared_block_sizes(backend: type[AttentionBackend]) -> tuple[int, ...]:
 def conformance_cases(backend: type[AttentionBackend],
                       dtypes: tuple[torch.dtype, ...] = DEFAULT_DTYPES) -> list[ConformanceCase]:
     """Every scenario x GQA ratio x declared block size x dtype, and every scenario x block
-    size x dtype with a sliding window (GQA 2)."""
+    size x dtype with a sliding window and with a logit soft-cap (GQA 2)."""
     head_sizes = backend.capabilities.head_sizes
     head_size = 32 if head_sizes is None or 32 in head_sizes else min(head_sizes)
     full = [ConformanceCase(s, g, b, d, head_size)
             for d in dtypes for b in declared_block_sizes(backend) for g in GQA_RATIOS for s in SCENARIOS]
     windowed = [ConformanceCase(s, 2, b, d, head_size, SLIDING_WINDOW)
                 for d in dtypes for b in declared_block_sizes(backend) for s in SCENARIOS]
-    return full + windowed
+    capped = [ConformanceCase(s, 2, b, d, head_size, logits_soft_cap=LOGITS_SOFT_CAP)
+              for d in dtypes for b in declared_block_sizes(backend) for s in SCENARIOS]
+    return full + windowed + capped
 
 
 def skip_reason(backend: type[AttentionBackend], case: ConformanceCase, device: str) -> str | None:
@@ -189,8 +197,8 @@ def check_conformance(backend: type[AttentionBackend], case: ConformanceCase, de
     # NaN everywhere nothing was written: stale blocks of another request (whose model
     # may have overflowed) must never leak into this request's output, even masked.
     caches = [torch.full(shape, float("nan"), dtype=case.dtype, device=dev) for _ in range(NUM_LAYERS)]
-    impls = [backend.get_impl_cls()(case.num_heads, d, case.scale, kvh, case.layer_window(layer))
-             for layer in range(NUM_LAYERS)]
+    impls = [backend.get_impl_cls()(case.num_heads, d, case.scale, kvh, sliding_window=case.layer_window(layer),
+                                    logits_soft_cap=case.logits_soft_cap) for layer in range(NUM_LAYERS)]
     builder = backend.get_builder_cls()(backend, dev)
 
     done = [0] * len(work.plan)
@@ -248,7 +256,8 @@ def _compare(out: torch.Tensor, case: ConformanceCase, layer: int,
     rows = out.float().cpu().split([e - s for _, s, e in spans])
     for got, (r, start, end) in zip(rows, spans):
         q, k, v = (t.float() for t in layer_qkv[r])
-        expected = causal_attention(q[start:end], k[:end], v[:end], case.scale, case.layer_window(layer))
+        expected = causal_attention(q[start:end], k[:end], v[:end], case.scale, case.layer_window(layer),
+                                    logits_soft_cap=case.logits_soft_cap)
         torch.testing.assert_close(got, expected, atol=atol, rtol=rtol,
                                    msg=lambda m: f"{where}, request {r} (tokens {start}..{end - 1}): {m}")
 

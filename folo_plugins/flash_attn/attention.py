@@ -63,15 +63,17 @@ class FlashAttentionImpl(AttentionImpl):
         ops = get_flash_attn_ops()
         # A window of W keys, the query's own included: W - 1 to its left (vLLM's convention).
         window = (-1, -1) if self.sliding_window is None else (self.sliding_window - 1, 0)
+        softcap = self.logits_soft_cap or 0.0  # flash-attn's "no cap"
         if md.max_query_len == 1:
             out = ops.flash_attn_with_kvcache(
                 query.unsqueeze(1), key_cache, value_cache, cache_seqlens=md.seq_lens,
-                block_table=md.block_table, softmax_scale=self.scale, causal=True, window_size=window)
+                block_table=md.block_table, softmax_scale=self.scale, causal=True, window_size=window,
+                softcap=softcap)
             return out.squeeze(1)
         return ops.flash_attn_varlen_func(
             query, key_cache, value_cache, cu_seqlens_q=md.query_start_loc, cu_seqlens_k=md.seq_start_loc,
             max_seqlen_q=md.max_query_len, max_seqlen_k=md.max_seq_len, softmax_scale=self.scale,
-            causal=True, block_table=md.block_table, window_size=window)
+            causal=True, block_table=md.block_table, window_size=window, softcap=softcap)
 
 
 class FlashAttentionBackend(AttentionBackend):
@@ -84,6 +86,7 @@ class FlashAttentionBackend(AttentionBackend):
         head_sizes=tuple(range(8, 257, 8)),
         block_size_multiple=PAGED_BLOCK_SIZE_MULTIPLE,
         sliding_window=True,
+        logits_soft_cap=True,  # ``softcap``, flash-attn 2.6+ (the probe refuses older builds)
     )
 
     @staticmethod

@@ -34,14 +34,14 @@ class NaiveAttentionImpl(AttentionImpl):
             offset = first_block * md.block_size
             k = gather_kv(key_cache, blocks, kv_len - offset).float()
             v = gather_kv(value_cache, blocks, kv_len - offset).float()
-            out[starts[i]:starts[i + 1]] = causal_attention(q, k, v, self.scale, self.sliding_window,
-                                                            offset).to(query.dtype)
+            out[starts[i]:starts[i + 1]] = causal_attention(q, k, v, self.scale, self.sliding_window, offset,
+                                                            self.logits_soft_cap).to(query.dtype)
         return out
 
 
 class NaiveAttentionBackend(AttentionBackend):
     name = "naive"
-    capabilities = AttentionCapabilities(sliding_window=True)
+    capabilities = AttentionCapabilities(sliding_window=True, logits_soft_cap=True)
 
     @staticmethod
     def get_impl_cls() -> type[AttentionImpl]:

@@ -29,7 +29,7 @@ from folo_core.attention.backend import (
     AttentionMetadataBuilder,
     CommonAttentionMetadata,
 )
-from folo_core.attention.ops import gather_kv, visible_keys, window_start, write_to_kv_cache
+from folo_core.attention.ops import causal_attention, gather_kv, visible_keys, window_start, write_to_kv_cache
 from folo_core.kernels.cpp_build import load_cpp_ops
 from folo_core.utils import cdiv
 
@@ -159,12 +159,15 @@ class PagedSDPAImpl(AttentionImpl):
         key_cache, value_cache = PagedSDPABackend.split_kv_cache(kv_cache)
         write_to_kv_cache(key_cache, value_cache, key, value, md.common.slot_mapping)
         buckets = md.decode_buckets
-        if len(buckets) == 1 and buckets[0].token_idx is None and (buckets[0].kernel or self.sliding_window is None):
+        # The SDPA fallback's gathered slots start at position 0 and SDPA has no score hook: a
+        # windowed or soft-capped layer attends those tokens one by one instead.
+        per_token = self.sliding_window is not None or self.logits_soft_cap is not None
+        if len(buckets) == 1 and buckets[0].token_idx is None and (buckets[0].kernel or not per_token):
             return self._decode(query, kv_cache, buckets[0])  # a pure decode step
         out = query.new_empty(query.shape)
         for bucket in buckets:
-            if self.sliding_window is not None and not bucket.kernel:
-                self._decode_windowed(query, key_cache, value_cache, bucket, md.common.block_size, out)
+            if per_token and not bucket.kernel:
+                self._decode_per_token(query, key_cache, value_cache, bucket, md.common.block_size, out)
             else:
                 out[bucket.token_idx] = self._decode(query[bucket.token_idx], kv_cache, bucket)
         for row, start, end, kv_len in md.prefills:
@@ -175,13 +178,18 @@ class PagedSDPAImpl(AttentionImpl):
     def _attend(self, q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                 block_row: torch.Tensor, kv_len: int, block_size: int) -> torch.Tensor:
         """One request's query chunk, the last ``len(q)`` of its ``kv_len`` positions, by SDPA over
-        its gathered context: from the window's first block on, so nothing before it is read."""
+        its gathered context: from the window's first block on, so nothing before it is read.
+        A soft-capped layer takes the reference math in float32 instead (SDPA cannot cap scores)."""
         q_len = q.shape[0]
         first_block = window_start(kv_len, q_len, self.sliding_window) // block_size
         blocks = block_row[first_block:cdiv(kv_len, block_size)]
         offset = first_block * block_size
-        k = gather_kv(key_cache, blocks, kv_len - offset).transpose(0, 1).unsqueeze(0)  # [1, KH, kv, D]
-        v = gather_kv(value_cache, blocks, kv_len - offset).transpose(0, 1).unsqueeze(0)
+        k = gather_kv(key_cache, blocks, kv_len - offset)  # [kv, KH, D]
+        v = gather_kv(value_cache, blocks, kv_len - offset)
+        if self.logits_soft_cap is not None:
+            return causal_attention(q.float(), k.float(), v.float(), self.scale, self.sliding_window, offset,
+                                    self.logits_soft_cap).to(q.dtype)
+        k, v = k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0)  # [1, KH, kv, D]
         if self.sliding_window is not None:
             mask = visible_keys(q_len, kv_len - offset, self.sliding_window, offset, q.device)
         else:
@@ -190,10 +198,9 @@ class PagedSDPAImpl(AttentionImpl):
                                            is_causal=mask is None, scale=self.scale, enable_gqa=True)
         return o[0].transpose(0, 1)
 
-    def _decode_windowed(self, query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
-                         bucket: DecodeBucket, block_size: int, out: torch.Tensor) -> None:
-        """The SDPA fallback's bucket for a windowed layer, token by token: its gathered slots
-        start at position 0, before the window."""
+    def _decode_per_token(self, query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                          bucket: DecodeBucket, block_size: int, out: torch.Tensor) -> None:
+        """The SDPA fallback's bucket for a windowed or soft-capped layer, token by token."""
         idx = range(len(bucket.seq_lens)) if bucket.token_idx is None else bucket.token_idx.tolist()
         for j, (t, kv_len) in enumerate(zip(idx, bucket.seq_lens.tolist())):
             out[t:t + 1] = self._attend(query[t:t + 1], key_cache, value_cache, bucket.block_table[j],
@@ -204,7 +211,7 @@ class PagedSDPAImpl(AttentionImpl):
             key_cache, value_cache = PagedSDPABackend.split_kv_cache(kv_cache)
             out = torch.ops.folo_cpu.paged_decode_attention(q.to(key_cache.dtype), key_cache, value_cache,
                                                             bucket.block_table, bucket.seq_lens, self.scale,
-                                                            self.sliding_window or 0)
+                                                            self.sliding_window or 0, self.logits_soft_cap or 0.0)
             return out.to(q.dtype)
         num = q.shape[0]
         # One query token per request: fold the GQA group into the query-length axis.
@@ -219,7 +226,7 @@ class PagedSDPAImpl(AttentionImpl):
 
 class PagedSDPABackend(AttentionBackend):
     name = "paged"
-    capabilities = AttentionCapabilities(sliding_window=True)
+    capabilities = AttentionCapabilities(sliding_window=True, logits_soft_cap=True)
 
     @staticmethod
     def get_impl_cls() -> type[AttentionImpl]:

@@ -2,7 +2,8 @@
 //
 // Each (request, kv head) pair is one task: its keys and values are read once, straight
 // from the cache blocks (no gathered copy, no padding to the longest request), scores and
-// softmax in float32, the GQA group's queries sharing every key/value read.
+// softmax in float32, the GQA group's queries sharing every key/value read. With a soft cap C
+// (Gemma 2), each scaled score s becomes C * tanh(s / C) before the softmax.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -36,7 +37,7 @@ inline float exp_nonpositive(float x) {
 template <typename scalar_t>
 void decode_kernel(const at::Tensor& query, const at::Tensor& key_cache, const at::Tensor& value_cache,
                    const at::Tensor& block_table, const at::Tensor& seq_lens, double scale, int64_t window,
-                   at::Tensor& out) {
+                   double soft_cap, at::Tensor& out) {
   const int64_t num_reqs = query.size(0), num_heads = query.size(1), head_size = query.size(2);
   const int64_t block_size = key_cache.size(1), num_kv_heads = key_cache.size(2);
   const int64_t group = num_heads / num_kv_heads;
@@ -51,7 +52,7 @@ void decode_kernel(const at::Tensor& query, const at::Tensor& key_cache, const a
   const int32_t* bt_ptr = block_table.data_ptr<int32_t>();
   const int32_t* len_ptr = seq_lens.data_ptr<int32_t>();
   scalar_t* o_ptr = out.data_ptr<scalar_t>();
-  const float fscale = static_cast<float>(scale);
+  const float fscale = static_cast<float>(scale), cap = static_cast<float>(soft_cap);
 
   at::parallel_for(0, num_reqs * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> q(group * head_size), acc(group * head_size), row(head_size), sums(group), scores;
@@ -79,6 +80,9 @@ void decode_kernel(const at::Tensor& query, const at::Tensor& key_cache, const a
           for (int64_t d = 0; d < head_size; ++d) s += qg[d] * kf[d];
           scores[g * len + t] = s;
         }
+      }
+      if (cap > 0.f) {
+        for (float& s : scores) s = cap * std::tanh(s / cap);
       }
       for (int64_t g = 0; g < group; ++g) {
         float* sg = scores.data() + g * len;
@@ -112,7 +116,7 @@ void decode_kernel(const at::Tensor& query, const at::Tensor& key_cache, const a
 
 at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& key_cache, const at::Tensor& value_cache,
                                   const at::Tensor& block_table, const at::Tensor& seq_lens, double scale,
-                                  int64_t window) {
+                                  int64_t window, double soft_cap) {
   TORCH_CHECK(query.dim() == 3 && key_cache.dim() == 4 && value_cache.dim() == 4, "bad ranks");
   TORCH_CHECK(query.stride(2) == 1 && key_cache.stride(3) == 1 && value_cache.stride(3) == 1,
               "head_size must be the contiguous dimension");
@@ -126,7 +130,7 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& key
   at::Tensor out = at::empty({query.size(0), query.size(1), query.size(2)}, query.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, query.scalar_type(), "paged_decode_attention", [&] {
     decode_kernel<scalar_t>(query, key_cache, value_cache, block_table.contiguous(), seq_lens.contiguous(), scale, window,
-                              out);
+                              soft_cap, out);
   });
   return out;
 }
@@ -135,7 +139,7 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& key
 
 TORCH_LIBRARY_FRAGMENT(folo_cpu, m) {
   m.def("paged_decode_attention(Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_table, "
-        "Tensor seq_lens, float scale, int window) -> Tensor");
+        "Tensor seq_lens, float scale, int window, float soft_cap) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(folo_cpu, CPU, m) { m.impl("paged_decode_attention", &paged_decode_attention); }
