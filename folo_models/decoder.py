@@ -1,10 +1,11 @@
-"""One decoder-only transformer for Llama, Mistral, Phi-3, Qwen2/2.5, Qwen3, Granite, Gemma 3, OLMo 2
-and Qwen2/3-MoE.
+"""One decoder-only transformer for Llama, Mistral, Phi-3, Qwen2/2.5, Qwen3, Granite, Gemma 2 and 3,
+OLMo 2 and Qwen2/3-MoE.
 
 They differ only in switches read from the HF config: bias on q/k/v (Qwen2),
 RMSNorm on q and k per head (Qwen3) or over the whole projections (OLMo 2), norms
-before each branch, after it (OLMo 2) or both (Gemma 3), Gemma's (1 + w) norms,
-GeGLU, scaled embeddings and final-logit soft-cap, explicit ``head_dim``, tied embeddings,
+before each branch, after it (OLMo 2) or both (Gemma), Gemma's (1 + w) norms,
+GeGLU, scaled embeddings, attention-logit (Gemma 2) and final-logit soft-caps, explicit
+``head_dim``, tied embeddings,
 Granite's multipliers (embeddings, residual branches, attention scale, logits),
 each layer's sliding window (Mistral, Phi-3; Qwen2/3 with ``use_sliding_window``),
 checkpoints with fused projections (Phi-3), the rotary variant (see
@@ -48,11 +49,11 @@ QK_NORM_ARCHS = {"Qwen3ForCausalLM": "per_head", "Qwen3MoeForCausalLM": "per_hea
 NORM_LAYOUTS = {
     "pre": {"pre_attn": "input_layernorm", "pre_mlp": "post_attention_layernorm"},  # Llama
     "post": {"post_attn": "post_attention_layernorm", "post_mlp": "post_feedforward_layernorm"},  # OLMo 2
-    "sandwich": {"pre_attn": "input_layernorm", "post_attn": "post_attention_layernorm",  # Gemma 3
+    "sandwich": {"pre_attn": "input_layernorm", "post_attn": "post_attention_layernorm",  # Gemma 2/3
                  "pre_mlp": "pre_feedforward_layernorm", "post_mlp": "post_feedforward_layernorm"},
 }
-NORM_LAYOUT_ARCHS = {"Olmo2ForCausalLM": "post", "Gemma3ForCausalLM": "sandwich"}
-GEMMA_ARCHS = ("Gemma3ForCausalLM",)  # RMSNorm by (1 + w), embeddings scaled by sqrt(hidden_size)
+NORM_LAYOUT_ARCHS = {"Olmo2ForCausalLM": "post", "Gemma2ForCausalLM": "sandwich", "Gemma3ForCausalLM": "sandwich"}
+GEMMA_ARCHS = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")  # RMSNorm by (1 + w), embeddings scaled by sqrt(hidden_size)
 MOE_ARCHS = ("Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
 
 
@@ -104,6 +105,7 @@ class DecoderSpec:
     activation: str  # a key of ACTIVATIONS
     scale_embeddings: bool  # Gemma: embeddings times sqrt(hidden_size), rounded to the model dtype
     final_logit_softcapping: float | None  # logits = cap * tanh(logits / cap)
+    attn_logit_softcapping: float | None  # the same on attention scores (the backend's ``logits_soft_cap``)
     layer_rope_types: tuple[str | None, ...]  # each layer's key into per-type rope_parameters (Gemma 3)
     tie_word_embeddings: bool
     # Granite's scalars (1.0 and head_dim ** -0.5 elsewhere).
@@ -120,9 +122,6 @@ class DecoderSpec:
         activation = getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", "silu")
         if activation not in ACTIVATIONS:
             raise CheckpointError(f"hidden_act {activation!r} is not supported (only {', '.join(ACTIVATIONS)})")
-        if getattr(cfg, "attn_logit_softcapping", None):
-            raise CheckpointError("attention logit soft-capping (attn_logit_softcapping) is not supported by "
-                                  "Folo's attention backends yet")
         rope_types = rope_layer_types(cfg)
         layer_types = tuple(getattr(cfg, "layer_types", None) or ())
         if rope_types and (len(layer_types) != cfg.num_hidden_layers or set(layer_types) - set(rope_types)):
@@ -151,6 +150,7 @@ class DecoderSpec:
             activation=activation,
             scale_embeddings=arch in GEMMA_ARCHS,
             final_logit_softcapping=getattr(cfg, "final_logit_softcapping", None),
+            attn_logit_softcapping=getattr(cfg, "attn_logit_softcapping", None),
             layer_rope_types=layer_types if rope_types else (None,) * cfg.num_hidden_layers,
             tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
             embedding_multiplier=float(getattr(cfg, "embedding_multiplier", 1.0)),
@@ -208,7 +208,8 @@ class DecoderAttention(nn.Module):
             self.q_norm = RMSNorm(self.q_size, spec.rms_norm_eps, scale_in_float32=True)
             self.k_norm = RMSNorm(self.kv_size, spec.rms_norm_eps, scale_in_float32=True)
         self.attn = Attention(ctx.attn_backend, self.num_heads, spec.head_dim, spec.attention_scale,
-                              self.num_kv_heads, prefix=f"{prefix}.attn", sliding_window=sliding_window)
+                              self.num_kv_heads, prefix=f"{prefix}.attn", sliding_window=sliding_window,
+                              logits_soft_cap=spec.attn_logit_softcapping)
 
     def forward(self, cos_sin: tuple[torch.Tensor, torch.Tensor], hidden_states: torch.Tensor) -> torch.Tensor:
         # Queries and keys sit side by side in the fused output: norm and rotate them as one
@@ -267,7 +268,7 @@ class SparseMoeBlock(nn.Module):
 
 class DecoderLayer(nn.Module):
     """Attention and MLP branches joining the residual stream, with the norms where the family
-    puts them (``NORM_LAYOUTS``): before each branch (Llama), after it (OLMo 2) or both (Gemma 3)."""
+    puts them (``NORM_LAYOUTS``): before each branch (Llama), after it (OLMo 2) or both (Gemma)."""
 
     def __init__(self, spec: DecoderSpec, ctx: ModelLoadContext, layer_idx: int) -> None:
         super().__init__()

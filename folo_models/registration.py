@@ -9,7 +9,7 @@ from folo_models.decoder import load_decoder
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Phi3ForCausalLM", "Qwen2ForCausalLM", "Qwen2MoeForCausalLM",
                  "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "GraniteForCausalLM", "Olmo2ForCausalLM",
-                 "Gemma3ForCausalLM")
+                 "Gemma2ForCausalLM", "Gemma3ForCausalLM")
 
 
 @hookimpl

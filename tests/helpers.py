@@ -46,6 +46,14 @@ TINY_CONFIGS: dict[str, dict] = {
                    rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                                     "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
                    pad_token_id=0, bos_token_id=2, eos_token_id=1),
+    # Gemma 2: Gemma 3's norms and GeGLU without QK-norm, one RoPE base, sliding and full layers
+    # alternating (the config's default), and soft-caps on attention scores and final logits, small
+    # enough that a tiny random model's scores reach them.
+    "gemma2": dict(architectures=["Gemma2ForCausalLM"], model_type="gemma2", hidden_size=64,
+                   intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                   head_dim=32, query_pre_attn_scalar=24, vocab_size=512, max_position_embeddings=512,
+                   sliding_window=10, attn_logit_softcapping=1.0, final_logit_softcapping=3.0,
+                   pad_token_id=0, bos_token_id=2, eos_token_id=1),
     # OLMo 2: norms after attention and after the MLP, QK-norm over the whole projections; GQA 2, untied.
     "olmo2": dict(architectures=["Olmo2ForCausalLM"], model_type="olmo2", hidden_size=64, intermediate_size=128,
                   num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,

@@ -141,7 +141,7 @@ def test_checkpoint_unknown_architecture(model_dir, tmp_path):
     config = json.loads((target / "config.json").read_text())
     config["architectures"] = ["GPT2LMHeadModel"]
     (target / "config.json").write_text(json.dumps(config))
-    with pytest.raises(PluginSelectionError, match="unknown model 'GPT2LMHeadModel'; known: Gemma3ForCausalLM, GraniteForCausalLM, LlamaForCausalLM"):
+    with pytest.raises(PluginSelectionError, match="unknown model 'GPT2LMHeadModel'; known: Gemma2ForCausalLM, Gemma3ForCausalLM, GraniteForCausalLM, LlamaForCausalLM"):
         LLM(str(target), skip_tokenizer_init=True)
 
 

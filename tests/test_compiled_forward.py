@@ -36,7 +36,7 @@ def logprob_rows(llm: LLM, prompts: list[list[int]], k: int) -> list[torch.Tenso
     return rows
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "llama", "qwen2_moe"])
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "llama", "qwen2_moe", "gemma2"])
 def test_compiled_matches_hf_and_eager(tiny_model_dir, kind):
     path = tiny_model_dir(kind)
     prompts = random_prompts(9, 512, seed=3, min_len=1, max_len=70)

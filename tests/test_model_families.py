@@ -34,6 +34,8 @@ FAMILIES = {
     "gemma3-linear-rope-softcap": ("gemma3", dict(final_logit_softcapping=3.0, rope_parameters={
         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
         "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}}), 70, 16),
+    # Gemma 2: attention-logit and final-logit soft-caps, alternating sliding and full layers.
+    "gemma2": ("gemma2", {}, 70, 16),
     "qwen2-moe": ("qwen2_moe", {}, 70, 16),
     "qwen3-moe": ("qwen3_moe", {}, 70, 16),
 }
@@ -62,6 +64,21 @@ def test_prefill_logprobs_match_hf(family):
     prompt = random_prompts(1, 512, seed=17, min_len=max_len - 6, max_len=max_len - 6)[0]
     assert_prefill_logprobs_match_hf(path, prompt, max_num_batched_tokens=16, block_size=8,
                                      enable_prefix_caching=True)
+
+
+def test_gemma2_attention_soft_cap_matters(tiny_model_dir):
+    """The tiny Gemma 2's cap bends its attention scores: without it HF's log-probs move far past the
+    tolerance the tests above hold Folo to, so matching them proves the cap is applied."""
+    from transformers import AutoModelForCausalLM
+
+    prompt = torch.tensor([random_prompts(1, 512, seed=17, min_len=40, max_len=40)[0]])
+    logprobs = []
+    for cap in (1.0, None):
+        model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir("gemma2", attn_logit_softcapping=cap)),
+                                                     dtype=torch.float32).eval()
+        with torch.no_grad():
+            logprobs.append(model(prompt).logits.log_softmax(-1))
+    assert (logprobs[0] - logprobs[1]).abs().max() > 1e-2
 
 
 def test_longrope_table_matches_hf_position_by_position():

@@ -8,8 +8,9 @@ from folo_core import LLM, SamplingParams
 from helpers import random_prompts
 
 
-# qwen3: 1 KV head, replicated; phi3: fused tensors; MoE: experts split by intermediate size
-@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "llama", "phi3", "qwen2_moe", "qwen3_moe"])
+# qwen3: 1 KV head, replicated; phi3: fused tensors; MoE: experts split by intermediate size;
+# gemma2: soft-capped attention over each rank's heads
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "llama", "phi3", "qwen2_moe", "qwen3_moe", "gemma2"])
 def test_tp2_matches_one_rank_token_for_token_and_in_logprobs(tiny_model_dir, kind):
     path = str(tiny_model_dir(kind))
     prompts = [{"prompt_token_ids": p} for p in random_prompts(6, 512, seed=21, min_len=3, max_len=60)]
