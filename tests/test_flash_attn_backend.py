@@ -16,6 +16,7 @@ import flash_attn_reference
 from folo_core import LLM, SamplingParams
 from folo_core.hookspecs import hookimpl
 from folo_core.plugins import FoloPluginManager, PluginInfo
+from folo_core.registry import SelectionContext
 from folo_core.testing import AttentionBackendConformance
 from folo_core.worker.flat_batch import build_flat_batch
 from folo_plugins.flash_attn import kernels
@@ -159,6 +160,21 @@ def test_complete_flash_attn_is_accepted(fake_flash_attn):
     """)
     assert kernels.kernels_missing() is None
     assert kernels.get_flash_attn_ops().__version__ == "2.8.3"
+
+
+def test_flash_attn_without_softcap_is_refused_only_for_soft_capped_models(fake_flash_attn, monkeypatch):
+    fake_flash_attn("""
+        __version__ = '2.5.8'
+        def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                   window_size=(-1, -1), block_table=None): ...
+        def flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=None, block_table=None): ...
+    """)
+    monkeypatch.setattr(FlashAttentionBackend, "missing_requirements", classmethod(lambda cls: []))
+    ctx = SelectionContext(device="cuda", dtype=torch.bfloat16, head_size=64, block_size=256, options={})
+    assert FlashAttentionBackend.check_eligibility(ctx) == []
+    capped = dataclasses.replace(ctx, options={"logits_soft_cap": True})
+    assert any("no softcap argument" in r for r in FlashAttentionBackend.check_eligibility(capped))
+    assert kernels.kernels_take_softcap() is False
 
 
 # -- inside the engine -------------------------------------------------------------------

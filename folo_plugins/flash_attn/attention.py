@@ -22,7 +22,8 @@ from folo_core.attention.backend import (
     CommonAttentionMetadata,
 )
 from folo_core.attention.ops import write_to_kv_cache
-from folo_plugins.flash_attn.kernels import get_flash_attn_ops, kernels_missing
+from folo_core.registry import SelectionContext
+from folo_plugins.flash_attn.kernels import get_flash_attn_ops, kernels_missing, kernels_take_softcap
 
 # Upstream kernels reject paged KV blocks that are not a multiple of 256 tokens.
 PAGED_BLOCK_SIZE_MULTIPLE = 256
@@ -86,7 +87,7 @@ class FlashAttentionBackend(AttentionBackend):
         head_sizes=tuple(range(8, 257, 8)),
         block_size_multiple=PAGED_BLOCK_SIZE_MULTIPLE,
         sliding_window=True,
-        logits_soft_cap=True,  # ``softcap``, flash-attn 2.6+ (the probe refuses older builds)
+        logits_soft_cap=True,  # ``softcap``, flash-attn 2.6+ (``check_eligibility`` refuses older builds)
     )
 
     @staticmethod
@@ -108,3 +109,11 @@ class FlashAttentionBackend(AttentionBackend):
         if kernels is not None:
             missing.append(kernels)
         return missing
+
+    @classmethod
+    def check_eligibility(cls, ctx: SelectionContext) -> list[str]:
+        reasons = super().check_eligibility(ctx)
+        if not reasons and ctx.options.get("logits_soft_cap") and not kernels_take_softcap():
+            reasons.append("the installed flash_attn has no softcap argument, which the model's "
+                           "attn_logit_softcapping needs (flash-attn 2.6+)")
+        return reasons

@@ -43,6 +43,15 @@ def probe_flash_attn() -> tuple[ModuleType | None, str | None]:
     return module, None
 
 
+def kernels_take_softcap() -> bool:
+    """Whether the installed kernels take ``softcap`` (flash-attn 2.6+), which Gemma 2 needs."""
+    module = flash_attn_ops or probe_flash_attn()[0]
+    try:
+        return module is not None and "softcap" in inspect.signature(module.flash_attn_varlen_func).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def kernels_missing() -> str | None:
     """What keeps the kernels from being usable here, or None."""
     return None if flash_attn_ops is not None else probe_flash_attn()[1]
