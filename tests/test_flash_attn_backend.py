@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 import sys
 import textwrap
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -37,6 +38,12 @@ class CPUFlashAttentionBackend(FlashAttentionBackend):
     @classmethod
     def missing_requirements(cls) -> list[str]:
         return []
+
+    @classmethod
+    def check_eligibility(cls, ctx: SelectionContext) -> list[str]:
+        """Judged against the reference kernels (which take ``softcap``), not an installed flash_attn."""
+        with mock.patch.object(kernels, "flash_attn_ops", flash_attn_reference):
+            return super().check_eligibility(ctx)
 
 
 @pytest.fixture
