@@ -157,20 +157,15 @@ class SchedulerConfig(_Section):
 
 
 class ParallelConfig(_Section):
-    """Parallelism: tensor-parallel ranks (the ``mp`` executor) and, later, data-parallel replicas."""
+    """Parallelism: tensor-parallel ranks (the ``mp`` executor) and data-parallel replicas."""
 
     section: ClassVar[str] = "parallel"
 
     distributed_executor_backend: str = Field("auto", description="Executor plugin name (uni; auto picks by the parallel sizes).")
 
     tensor_parallel_size: int = Field(1, gt=0, description="Tensor-parallel ranks, one process each (the mp executor; gloo on CPU).")
-    data_parallel_size: int = Field(1, gt=0, description="Data-parallel replicas (only 1 is supported yet).")
-
-    @model_validator(mode="after")
-    def _single_replica(self) -> "ParallelConfig":
-        if self.data_parallel_size != 1:
-            raise ValueError("data_parallel_size > 1 is not supported yet")
-        return self
+    data_parallel_size: int = Field(1, gt=0, description="Engine-core replicas, one process each, each with its own scheduler and KV cache.")
+    data_parallel_routing: Literal["tokens", "prefix"] = Field("tokens", description="Where a new request goes: the replica with the fewest outstanding tokens, or the one its first KV block hashes to (prefix-cache affinity).")
 
 
 SECTIONS: tuple[type[_Section], ...] = (ModelConfig, CacheConfig, SchedulerConfig, ParallelConfig)

@@ -64,6 +64,7 @@ class FoloPluginManager:
         self.pm.add_hookspecs(hookspecs)
         self.registries: dict[str, Registry] = {k: Registry(k) for k in hookspecs.HOOK_KINDS}
         self.plugins: dict[str, PluginInfo] = {}
+        self.hand_registered = False  # a plugin came from ``register``, not an entry point
 
     def registry(self, kind: str) -> Registry:
         return self.registries[kind]
@@ -85,10 +86,19 @@ class FoloPluginManager:
             except Exception as exc:
                 self._fail(info, f"import failed: {type(exc).__name__}: {exc}")
                 continue
-            self.register(module, info)
+            self._register(module, info)
+
+    @property
+    def portable(self) -> bool:
+        """Whether ``get_plugin_manager()`` in another process builds the same registries."""
+        return not self.hand_registered
 
     def register(self, plugin: ModuleType | object, info: PluginInfo) -> PluginInfo:
         """Register one plugin object and run its hooks in isolation."""
+        self.hand_registered = True
+        return self._register(plugin, info)
+
+    def _register(self, plugin: ModuleType | object, info: PluginInfo) -> PluginInfo:
         self.plugins[info.name] = info
         try:
             self.pm.register(plugin, name=info.name)

@@ -31,6 +31,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from folo_core.config import ModelConfig
+from folo_core.engine.core_client import CoreHealth
 from folo_core.engine.errors import EngineDeadError, EngineStepError
 from folo_core.engine.llm_engine import LLMEngine
 from folo_core.engine.stats import EngineStats
@@ -149,6 +150,10 @@ class AsyncLLM:
     async def get_stats(self) -> EngineStats:
         stats = await asyncio.wrap_future(self._post(self.engine.get_stats))
         return dataclasses.replace(stats, prefix_cache=dataclasses.replace(stats.prefix_cache))
+
+    async def health(self) -> CoreHealth:
+        """How many engine cores still serve (data-parallel replicas can die one by one)."""
+        return await asyncio.wrap_future(self._post(self.engine.health))
 
     def shutdown(self, timeout: float | None = 10.0) -> None:
         """Stop the loop after its current step; every open stream and queued call gets

@@ -11,6 +11,7 @@ from concurrent import futures
 from typing import Any
 
 from folo_core.config import EngineConfig
+from folo_core.engine.core_client import EngineCoreClient
 from folo_core.engine.selection import select_plugins
 from folo_core.engine.stats import EngineStats
 from folo_core.executor.abstract import WorkerSpec
@@ -27,7 +28,9 @@ logger = init_logger(__name__)
 _GRAMMAR_POLL_S = 0.01
 
 
-class EngineCore:
+class EngineCore(EngineCoreClient):
+    """The scheduler, KV manager and executor of one replica; in its own process, its own client."""
+
     def __init__(self, config: EngineConfig, plugins: FoloPluginManager, tokenizer: Any = None) -> None:
         self.config = config
         picks = select_plugins(config, plugins)

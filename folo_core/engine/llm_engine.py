@@ -7,6 +7,7 @@ from typing import Any
 
 from folo_core.config import EngineConfig, resolve_engine_config
 from folo_core.engine.core import EngineCore
+from folo_core.engine.core_client import CoreHealth, EngineCoreClient, MPClient
 from folo_core.engine.output_processor import OutputProcessor, ParentRequest
 from folo_core.engine.processor import ProcessedRequest, Processor, PromptType
 from folo_core.engine.stats import EngineStats
@@ -17,7 +18,14 @@ from folo_core.sampling_params import SamplingParams
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig, plugins: FoloPluginManager | None = None) -> None:
+    """Tokenizing, detokenizing and ``n > 1`` fan-out over an ``EngineCoreClient``.
+
+    The cores run in this process unless ``multiprocess_mode`` (one core process)
+    or ``data_parallel_size > 1`` (one process per replica).
+    """
+
+    def __init__(self, config: EngineConfig, plugins: FoloPluginManager | None = None,
+                 multiprocess_mode: bool = False) -> None:
         plugins = plugins or get_plugin_manager()
         model_config = config.model
         if model_config.model is None:
@@ -29,7 +37,10 @@ class LLMEngine:
         self.config = resolve_engine_config(config.model_copy(update={"model": model_config}), hf_config)
         self.tokenizer = (None if self.config.model.skip_tokenizer_init
                           else load_tokenizer(self.config.model.tokenizer or model_path))
-        self.engine_core = EngineCore(self.config, plugins, self.tokenizer)
+        self.engine_core: EngineCoreClient = (
+            MPClient(self.config, plugins, self.tokenizer)
+            if multiprocess_mode or self.config.parallel.data_parallel_size > 1
+            else EngineCore(self.config, plugins, self.tokenizer))
         self.processor = Processor(self.tokenizer, self.config.model.max_model_len, hf_config.vocab_size,
                                    eos_token_ids(hf_config, self.tokenizer, model_path),
                                    self.config.model.max_logprobs, self.engine_core.structured_output_manager)
@@ -95,6 +106,9 @@ class LLMEngine:
 
     def get_stats(self) -> EngineStats:
         return self.engine_core.get_stats()
+
+    def health(self) -> CoreHealth:
+        return self.engine_core.health()
 
     def shutdown(self) -> None:
         self.engine_core.shutdown()

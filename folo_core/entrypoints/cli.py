@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Tool parser plugin that reads calls out of the text (hermes, llama3_json, ...).")
     serve.add_argument("--enable-auto-tool-choice", action="store_true",
                        help='Allow tool_choice="auto": the model decides, the parser finds the calls.')
+    serve.add_argument("--engine-core-in-process", action="store_true",
+                       help="Run the engine core on a thread of the server process instead of a process of its "
+                            "own (then HTTP handling and the step loop share one GIL).")
     serve.add_argument("--uvicorn-log-level", default="info",
                        choices=["critical", "error", "warning", "info", "debug", "trace"])
     EngineConfig.add_cli_args(serve)

@@ -133,7 +133,15 @@ def build_app(engine: AsyncLLM, model_name: str, metrics: PrometheusStatLogger, 
 
     @app.get("/health")
     async def health() -> Response:
-        return Response(status_code=200 if engine.is_running else 503)
+        """200 while serving (a body names lost data-parallel replicas); 503 once nothing serves."""
+        if not engine.is_running:
+            return Response(status_code=503)
+        cores = await engine.health()
+        if not cores.degraded:
+            return Response(status_code=200)
+        return JSONResponse({"status": "degraded" if cores.num_alive else "dead", "engine_cores": cores.num_cores,
+                             "engine_cores_alive": cores.num_alive, "errors": cores.errors},
+                            status_code=200 if cores.num_alive else 503)
 
     @app.get("/metrics")
     async def get_metrics() -> Response:
@@ -187,7 +195,7 @@ def run_server(args: argparse.Namespace) -> int:
     if args.enable_auto_tool_choice and not args.tool_call_parser:
         raise ConfigError("--enable-auto-tool-choice needs --tool-call-parser (e.g. hermes, llama3_json)")
     config = EngineConfig.from_cli_args(args)
-    engine = LLMEngine(config)
+    engine = LLMEngine(config, multiprocess_mode=not args.engine_core_in_process)
     if engine.get_tokenizer() is None:
         raise ConfigError("folo serve needs a tokenizer; drop --skip-tokenizer-init")
     model_name = args.served_model_name or config.model.model or DEFAULT_MODEL_NAME

@@ -1,0 +1,155 @@
+"""An ``EngineCore`` in a process of its own (vLLM v1's ``EngineCoreProc``), and the handle the front end keeps.
+
+The process builds the core from the resolved ``EngineConfig`` (plugins come from
+the ``folo`` entry-point group, the tokenizer from the checkpoint), reports what
+it picked, then serves calls over a pipe, one at a time and in order, each reply
+carrying the core's stats after the call (so the front end never asks a
+scheduler): the front
+end either waits for each reply (``call``) or sends the same call to several
+cores before collecting their replies (``send`` then ``recv``), so data-parallel
+replicas step at the same time. A call's exception travels back and is raised in
+the caller; a dead process reads as ``EngineDeadError`` naming its exit code.
+
+The process is not a daemon, so its executor may start tensor-parallel workers
+of its own; a finalizer stops it when the handle is dropped or at exit.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import weakref
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from folo_core.config import EngineConfig
+from folo_core.engine.errors import EngineDeadError
+from folo_core.engine.selection import SelectedPlugins
+from folo_core.engine.stats import EngineStats
+
+_STOP = "stop"
+_STOP_TIMEOUT_S = 10
+
+
+@dataclass
+class EngineCoreInfo:
+    """What a started core tells the front end."""
+
+    selected: SelectedPlugins
+    max_request_tokens: int
+    pid: int
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else a ``RuntimeError`` with its text."""
+    try:
+        pickle.dumps(exc)
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def run_engine_core(config: EngineConfig, num_threads: int | None, conn: Connection) -> None:
+    """The process body: build the core, then answer calls until told to stop or orphaned."""
+    import torch
+
+    from folo_core.engine.core import EngineCore
+    from folo_core.hf_utils import load_tokenizer
+    from folo_core.plugins import get_plugin_manager
+
+    try:
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        model = config.model
+        tokenizer = None if model.skip_tokenizer_init else load_tokenizer(model.tokenizer or model.model)
+        core = EngineCore(config, get_plugin_manager(), tokenizer)
+        conn.send(("ok", EngineCoreInfo(core.selected, core.max_request_tokens, os.getpid()), core.get_stats()))
+    except BaseException as exc:
+        conn.send(("error", _picklable(exc), None))
+        return
+    calls = {"add_request": core.add_request, "abort_requests": core.abort_requests, "step": core.step,
+             "reset_prefix_cache": core.reset_prefix_cache}
+    try:
+        while True:
+            try:
+                call = conn.recv()
+            except EOFError:  # the front end went away
+                return
+            if call == _STOP:
+                return
+            name, args = call
+            try:
+                result = ("ok", calls[name](*args))
+            except Exception as exc:
+                result = ("error", _picklable(exc))
+            conn.send((*result, core.get_stats()))
+    finally:
+        core.shutdown()
+
+
+def _stop(process: Any, conn: Connection) -> None:
+    try:
+        conn.send(_STOP)
+    except (OSError, ValueError):
+        pass
+    process.join(timeout=_STOP_TIMEOUT_S)
+    if process.is_alive():
+        process.kill()
+        process.join()
+    conn.close()
+
+
+class EngineCoreProc:
+    """The front end's handle on one core process (started at once; ``wait_ready`` before calls);
+    ``name`` labels it in errors."""
+
+    def __init__(self, config: EngineConfig, name: str, num_threads: int | None = None) -> None:
+        self.name = name
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=run_engine_core, name=f"folo-{name}", args=(config, num_threads, child))
+        self.process.start()
+        child.close()
+        self._finalizer = weakref.finalize(self, _stop, self.process, self.conn)
+        self.info: EngineCoreInfo | None = None
+        self.stats: EngineStats | None = None  # the core's, after the last call it answered
+
+    def wait_ready(self) -> EngineCoreInfo:
+        """Block until the core is built (cores start side by side); its startup error raises here."""
+        if self.info is None:
+            self.info = self.recv()
+        return self.info
+
+    @property
+    def alive(self) -> bool:
+        return self._finalizer.alive and self.process.is_alive()
+
+    def dead_error(self) -> EngineDeadError:
+        self.process.join(timeout=1)
+        return EngineDeadError(f"{self.name} died (exit code {self.process.exitcode})")
+
+    def send(self, name: str, *args: Any) -> None:
+        try:
+            self.conn.send((name, args))
+        except (OSError, ValueError):
+            raise self.dead_error() from None
+
+    def recv(self) -> Any:
+        """The reply to the oldest call not yet answered; its exception is raised here."""
+        try:
+            status, value, stats = self.conn.recv()
+        except (EOFError, OSError):
+            raise self.dead_error() from None
+        self.stats = stats or self.stats
+        if status == "error":
+            raise value
+        return value
+
+    def call(self, name: str, *args: Any) -> Any:
+        self.send(name, *args)
+        return self.recv()
+
+    def shutdown(self) -> None:
+        self._finalizer()
