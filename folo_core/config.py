@@ -165,6 +165,7 @@ class ParallelConfig(_Section):
 
     tensor_parallel_size: int = Field(1, gt=0, description="Tensor-parallel ranks, one process each (the mp executor; gloo on CPU).")
     data_parallel_size: int = Field(1, gt=0, description="Engine-core replicas, one process each, each with its own scheduler and KV cache.")
+    data_parallel_backend: Literal["mp", "ray"] = Field("mp", description="Where replicas run: local processes (mp), or Ray actors on any node of a Ray cluster (ray; RAY_ADDRESS or a local one).")
     data_parallel_routing: Literal["tokens", "prefix"] = Field("tokens", description="Where a new request goes: the replica with the fewest outstanding tokens, or the one its first KV block hashes to (prefix-cache affinity).")
 
 

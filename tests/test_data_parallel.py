@@ -111,6 +111,7 @@ def test_a_dead_replica_fails_only_its_requests_and_the_rest_serve(qwen2, refere
             engine.add_request(f"r{i}", prompt, long)
         victim = client.replicas[0]
         doomed = set(victim.outstanding)
+        assert doomed
         engine.step()
         os.kill(victim.proc.info.pid, signal.SIGKILL)
         victim.proc.process.join(10)

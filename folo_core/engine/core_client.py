@@ -8,7 +8,8 @@ instead of reading a scheduler. Two kinds:
   process the core is its own client (vLLM wraps it in an ``InprocClient``; here
   the wrapper would only forward), so there are no copies and no pipes.
 - ``MPClient``: ``data_parallel_size`` cores, each in a process of its own
-  (``EngineCoreProc``). A new request goes to the live replica with the fewest
+  (``EngineCoreProc``), or with ``data_parallel_backend="ray"`` each a Ray actor
+  on any node of a cluster (``ray_core.py``). A new request goes to the live replica with the fewest
   outstanding tokens (prompt plus tokens still to generate), or with
   ``data_parallel_routing="prefix"`` to the replica its first KV block hashes to,
   so requests that share a prefix meet in one prefix cache. A step sends
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from folo_core.config import EngineConfig
-from folo_core.engine.core_proc import EngineCoreProc
+from folo_core.engine.core_proc import CoreHandle, EngineCoreProc
 from folo_core.engine.errors import EngineDeadError
 from folo_core.engine.selection import SelectedPlugins, selection_context
 from folo_core.engine.stats import EngineStats
@@ -119,7 +120,7 @@ def merge_stats(stats: list[EngineStats]) -> EngineStats:
 
 @dataclass(eq=False)
 class _Replica:
-    proc: EngineCoreProc
+    proc: CoreHandle
     index: int
     outstanding: dict[str, int] = field(default_factory=dict)  # request id -> tokens still to process
     error: str | None = None  # why it stopped
@@ -142,12 +143,18 @@ class MPClient(EngineCoreClient):
         size = parallel.data_parallel_size
         self.routing = parallel.data_parallel_routing
         self.block_size = config.cache.block_size
-        threads = max(1, (os.cpu_count() or 1) // (size * parallel.tensor_parallel_size)) if size > 1 else None
+        names = [f"data-parallel replica {i}" if size > 1 else "engine core process" for i in range(size)]
         self.replicas: list[_Replica] = []
+        self._release = lambda: None  # frees what placed the replicas (a Ray placement group)
         try:
-            for i in range(size):
-                name = f"data-parallel replica {i}" if size > 1 else "engine core process"
-                self.replicas.append(_Replica(EngineCoreProc(config, name, threads), i))
+            if parallel.data_parallel_backend == "ray":
+                from folo_core.engine.ray_core import start_ray_cores
+
+                handles, self._release = start_ray_cores(config, names)
+            else:
+                threads = max(1, (os.cpu_count() or 1) // (size * parallel.tensor_parallel_size)) if size > 1 else None
+                handles = [EngineCoreProc(config, name, threads) for name in names]
+            self.replicas = [_Replica(handle, i) for i, handle in enumerate(handles)]
             infos = [r.proc.wait_ready() for r in self.replicas]
         except BaseException:
             self.shutdown()
@@ -158,7 +165,7 @@ class MPClient(EngineCoreClient):
             plugins.registry("structured_output_backend"), config.model.structured_outputs_backend,
             selection_context(config), tokenizer, config.model.hf_config.vocab_size)
         self._owner: dict[str, _Replica] = {}
-        logger.info("%d engine core process(es) (pids %s), routing by %s", size,
+        logger.info("%d engine core(s) (%s, pids %s), routing by %s", size, parallel.data_parallel_backend,
                     ", ".join(str(info.pid) for info in infos), self.routing)
 
     # ----- routing -----
@@ -287,3 +294,5 @@ class MPClient(EngineCoreClient):
     def shutdown(self) -> None:
         for replica in self.replicas:
             replica.proc.shutdown()
+        self._release()
+        self._release = lambda: None

@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import pickle
 import weakref
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -42,7 +43,7 @@ class EngineCoreInfo:
     pid: int
 
 
-def _picklable(exc: BaseException) -> BaseException:
+def picklable(exc: BaseException) -> BaseException:
     """``exc`` if it survives pickling, else a ``RuntimeError`` with its text."""
     try:
         pickle.dumps(exc)
@@ -51,26 +52,51 @@ def _picklable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-def run_engine_core(config: EngineConfig, num_threads: int | None, conn: Connection) -> None:
-    """The process body: build the core, then answer calls until told to stop or orphaned."""
-    import torch
+Reply = tuple[str, Any, "EngineStats | None"]  # ("ok" | "error", result or exception, the core's stats)
 
-    from folo_core.engine.core import EngineCore
-    from folo_core.hf_utils import load_tokenizer
-    from folo_core.plugins import get_plugin_manager
 
-    try:
+class EngineCoreServer:
+    """Builds one ``EngineCore`` where it runs and answers calls by name; the body of a core
+    process here and of a Ray actor (``ray_core.py``)."""
+
+    def __init__(self, config: EngineConfig, num_threads: int | None) -> None:
+        import torch
+
+        from folo_core.engine.core import EngineCore
+        from folo_core.hf_utils import load_tokenizer
+        from folo_core.plugins import get_plugin_manager
+
         if num_threads:
             torch.set_num_threads(num_threads)
         model = config.model
         tokenizer = None if model.skip_tokenizer_init else load_tokenizer(model.tokenizer or model.model)
-        core = EngineCore(config, get_plugin_manager(), tokenizer)
-        conn.send(("ok", EngineCoreInfo(core.selected, core.max_request_tokens, os.getpid()), core.get_stats()))
+        self.core = core = EngineCore(config, get_plugin_manager(), tokenizer)
+        self.calls = {"add_request": core.add_request, "abort_requests": core.abort_requests, "step": core.step,
+                      "reset_prefix_cache": core.reset_prefix_cache}
+
+    def ready(self) -> Reply:
+        return "ok", EngineCoreInfo(self.core.selected, self.core.max_request_tokens, os.getpid()), \
+            self.core.get_stats()
+
+    def handle(self, name: str, args: tuple) -> Reply:
+        try:
+            result = ("ok", self.calls[name](*args))
+        except Exception as exc:
+            result = ("error", picklable(exc))
+        return (*result, self.core.get_stats())
+
+    def shutdown(self) -> None:
+        self.core.shutdown()
+
+
+def run_engine_core(config: EngineConfig, num_threads: int | None, conn: Connection) -> None:
+    """The process body: build the core, then answer calls until told to stop or orphaned."""
+    try:
+        server = EngineCoreServer(config, num_threads)
+        conn.send(server.ready())
     except BaseException as exc:
-        conn.send(("error", _picklable(exc), None))
+        conn.send(("error", picklable(exc), None))
         return
-    calls = {"add_request": core.add_request, "abort_requests": core.abort_requests, "step": core.step,
-             "reset_prefix_cache": core.reset_prefix_cache}
     try:
         while True:
             try:
@@ -79,14 +105,9 @@ def run_engine_core(config: EngineConfig, num_threads: int | None, conn: Connect
                 return
             if call == _STOP:
                 return
-            name, args = call
-            try:
-                result = ("ok", calls[name](*args))
-            except Exception as exc:
-                result = ("error", _picklable(exc))
-            conn.send((*result, core.get_stats()))
+            conn.send(server.handle(*call))
     finally:
-        core.shutdown()
+        server.shutdown()
 
 
 def _stop(process: Any, conn: Connection) -> None:
@@ -101,26 +122,63 @@ def _stop(process: Any, conn: Connection) -> None:
     conn.close()
 
 
-class EngineCoreProc:
-    """The front end's handle on one core process (started at once; ``wait_ready`` before calls);
-    ``name`` labels it in errors."""
+class CoreHandle(ABC):
+    """The front end's handle on one engine core somewhere else: calls go out with ``send`` and
+    their replies come back in order with ``recv``; ``name`` labels it in errors."""
 
-    def __init__(self, config: EngineConfig, name: str, num_threads: int | None = None) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
-        context = multiprocessing.get_context("spawn")
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=run_engine_core, name=f"folo-{name}", args=(config, num_threads, child))
-        self.process.start()
-        child.close()
-        self._finalizer = weakref.finalize(self, _stop, self.process, self.conn)
         self.info: EngineCoreInfo | None = None
         self.stats: EngineStats | None = None  # the core's, after the last call it answered
+
+    @abstractmethod
+    def send(self, name: str, *args: Any) -> None:
+        """Queue a call; raises ``EngineDeadError`` if the core is gone."""
+
+    @abstractmethod
+    def _recv_reply(self) -> Reply:
+        """The oldest unanswered call's reply; raises ``EngineDeadError`` if the core is gone."""
+
+    @property
+    @abstractmethod
+    def alive(self) -> bool: ...
+
+    @abstractmethod
+    def dead_error(self) -> EngineDeadError: ...
+
+    @abstractmethod
+    def shutdown(self) -> None: ...
 
     def wait_ready(self) -> EngineCoreInfo:
         """Block until the core is built (cores start side by side); its startup error raises here."""
         if self.info is None:
             self.info = self.recv()
         return self.info
+
+    def recv(self) -> Any:
+        """The reply to the oldest call not yet answered; its exception is raised here."""
+        status, value, stats = self._recv_reply()
+        self.stats = stats or self.stats
+        if status == "error":
+            raise value
+        return value
+
+    def call(self, name: str, *args: Any) -> Any:
+        self.send(name, *args)
+        return self.recv()
+
+
+class EngineCoreProc(CoreHandle):
+    """A core in a spawned process on this machine, over a pipe (started at once)."""
+
+    def __init__(self, config: EngineConfig, name: str, num_threads: int | None = None) -> None:
+        super().__init__(name)
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=run_engine_core, name=f"folo-{name}", args=(config, num_threads, child))
+        self.process.start()
+        child.close()
+        self._finalizer = weakref.finalize(self, _stop, self.process, self.conn)
 
     @property
     def alive(self) -> bool:
@@ -136,20 +194,11 @@ class EngineCoreProc:
         except (OSError, ValueError):
             raise self.dead_error() from None
 
-    def recv(self) -> Any:
-        """The reply to the oldest call not yet answered; its exception is raised here."""
+    def _recv_reply(self) -> Reply:
         try:
-            status, value, stats = self.conn.recv()
+            return self.conn.recv()
         except (EOFError, OSError):
             raise self.dead_error() from None
-        self.stats = stats or self.stats
-        if status == "error":
-            raise value
-        return value
-
-    def call(self, name: str, *args: Any) -> Any:
-        self.send(name, *args)
-        return self.recv()
 
     def shutdown(self) -> None:
         self._finalizer()
