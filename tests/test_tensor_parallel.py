@@ -1,4 +1,5 @@
-"""Tensor parallelism on the mp executor: 2 gloo ranks must match one process."""
+"""Tensor parallelism on the mp executor: 2 gloo ranks must match one process (the ray executor:
+``test_ray.py``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,17 @@ import pytest
 
 from folo_core import LLM, SamplingParams
 from helpers import random_prompts
+
+
+def assert_same_tokens_and_logprobs(one: list, two: list) -> None:
+    """Identical greedy tokens; float32 log-probs within 1e-4 (the all-reduce sums the same
+    products in another order)."""
+    for a, b in zip(one, two, strict=True):
+        assert b.outputs[0].token_ids == a.outputs[0].token_ids
+        for pa, pb in zip(a.outputs[0].logprobs, b.outputs[0].logprobs):
+            assert pa.keys() == pb.keys()
+            for t in pa:
+                assert abs(pa[t].logprob - pb[t].logprob) < 1e-4
 
 
 # qwen3: 1 KV head, replicated; phi3: fused tensors; MoE: experts split by intermediate size;
@@ -18,13 +30,7 @@ def test_tp2_matches_one_rank_token_for_token_and_in_logprobs(tiny_model_dir, ki
     one = LLM(path, skip_tokenizer_init=True, dtype="float32").generate(prompts, params, use_tqdm=False)
     tp = LLM(path, skip_tokenizer_init=True, dtype="float32", tensor_parallel_size=2)
     assert tp.llm_engine.engine_core.selected.executor == "mp"
-    two = tp.generate(prompts, params, use_tqdm=False)
-    for a, b in zip(one, two):
-        assert b.outputs[0].token_ids == a.outputs[0].token_ids
-        for pa, pb in zip(a.outputs[0].logprobs, b.outputs[0].logprobs):
-            assert pa.keys() == pb.keys()
-            for t in pa:  # float32: the all-reduce sums the same products in another order
-                assert abs(pa[t].logprob - pb[t].logprob) < 1e-4
+    assert_same_tokens_and_logprobs(one, tp.generate(prompts, params, use_tqdm=False))
     tp.llm_engine.shutdown()
 
 

@@ -16,49 +16,31 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import socket
-import traceback
 import weakref
 from multiprocessing.connection import Connection
 from typing import Any
 
-import torch
-
-from folo_core.executor.abstract import Executor, WorkerSpec
+from folo_core.executor.abstract import WorkerSpec
 from folo_core.logger import init_logger
 from folo_core.quantization import WeightMemory
 from folo_core.registry import SelectionContext
-from folo_core.sched.output import ModelRunnerOutput, SchedulerOutput
+from folo_plugins.executors.worker import RankExecutor, TPWorker, dist_backend, free_port, gather_replies
 
 logger = init_logger(__name__)
 
 _STOP = "stop"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker_main(spec: WorkerSpec, rank: int, world_size: int, init_method: str, backend: str,
                  conn: Connection) -> None:
-    """A rank: join the group, build the runner, then run each call the engine sends."""
-    from folo_core.distributed.parallel_state import init_tensor_parallel
-    from folo_core.worker.model_runner import ModelRunner
-
+    """A rank's process: build its ``TPWorker``, then run each call the engine sends."""
     try:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-        init_tensor_parallel(rank, world_size, init_method, backend)
-        runner = ModelRunner(spec.config, spec.attn_backend, spec.sampler_cls(), spec.model_loader,
-                             spec.quant_config, spec.proposer)
-        conn.send(("ok", runner.weight_memory))
+        worker = TPWorker(spec, rank, world_size, init_method, backend,
+                          max(1, (os.cpu_count() or 1) // world_size))
+        conn.send(("ok", worker.weight_memory))
     except BaseException as exc:
         conn.send(("error", f"rank {rank} failed to start: {type(exc).__name__}: {exc}"))
         return
-    methods = {"determine_num_blocks": runner.determine_num_blocks,
-               "initialize": runner.initialize_kv_cache,
-               "execute_model": runner.execute_model}
     while True:
         try:
             call = conn.recv()
@@ -66,12 +48,7 @@ def _worker_main(spec: WorkerSpec, rank: int, world_size: int, init_method: str,
             return
         if call == _STOP:
             return
-        name, args = call
-        try:
-            result = methods[name](*args)
-            conn.send(("ok", result if rank == 0 or name == "determine_num_blocks" else None))
-        except BaseException as exc:
-            conn.send(("error", f"rank {rank}: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"))
+        conn.send(worker.call(*call))
 
 
 def _stop_workers(workers: list[tuple[Any, Connection]]) -> None:
@@ -86,13 +63,13 @@ def _stop_workers(workers: list[tuple[Any, Connection]]) -> None:
             process.kill()
 
 
-class MultiprocExecutor(Executor):
+class MultiprocExecutor(RankExecutor):
     def __init__(self, spec: WorkerSpec) -> None:
         super().__init__(spec)
         config = spec.config
         self.world_size = config.parallel.tensor_parallel_size
-        backend = "nccl" if config.model.resolved_device() == "cuda" else "gloo"
-        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        backend = dist_backend(config)
+        init_method = f"tcp://127.0.0.1:{free_port()}"
         context = multiprocessing.get_context("spawn")
         self.workers: list[tuple[Any, Connection]] = []
         for rank in range(self.world_size):
@@ -112,19 +89,14 @@ class MultiprocExecutor(Executor):
         return [] if size > 1 else ["tensor_parallel_size is 1 (uni serves it)"]
 
     def _gather(self) -> list[Any]:
-        """Every rank's reply to the last call, in rank order; raises the first error."""
-        results, errors = [], []
+        """Every rank's reply to the last call, in rank order; raises the errors."""
+        replies = []
         for rank, (process, conn) in enumerate(self.workers):
             try:
-                status, value = conn.recv()
+                replies.append(conn.recv())
             except (EOFError, OSError):
-                status, value = "error", f"rank {rank} died (exit code {process.exitcode})"
-            results.append(value)
-            if status == "error":
-                errors.append(value)
-        if errors:
-            raise RuntimeError("; ".join(errors))
-        return results
+                replies.append(("error", f"rank {rank} died (exit code {process.exitcode})"))
+        return gather_replies(replies)
 
     def _call(self, name: str, *args: Any) -> list[Any]:
         for rank, (process, conn) in enumerate(self.workers):
@@ -133,19 +105,6 @@ class MultiprocExecutor(Executor):
             except (OSError, ValueError):
                 raise RuntimeError(f"rank {rank} is gone (exit code {process.exitcode})") from None
         return self._gather()
-
-    def determine_num_blocks(self) -> int:
-        return min(self._call("determine_num_blocks"))
-
-    def initialize(self, num_blocks: int) -> None:
-        self._call("initialize", num_blocks)
-
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
-        return self._call("execute_model", scheduler_output)[0]
-
-    @property
-    def weight_memory(self) -> WeightMemory:
-        return self._weight_memory
 
     def shutdown(self) -> None:
         self._finalizer()

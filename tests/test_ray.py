@@ -1,4 +1,5 @@
-"""Data-parallel replicas as Ray actors (``data_parallel_backend="ray"``) on a local 2-CPU Ray cluster."""
+"""Folo on a local 2-CPU Ray cluster: data-parallel replicas as actors (``data_parallel_backend="ray"``)
+and tensor-parallel ranks as actors (the ``ray`` executor)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import os
 
 import pytest
 
+from folo_core import LLM, SamplingParams
 from folo_core.config import EngineConfig
 from folo_core.engine.llm_engine import LLMEngine
 from folo_core.engine.ray_core import RayEngineCore
+from helpers import random_prompts
 from test_data_parallel import GREEDY, OPTIONS, PROMPTS, qwen2, reference, run  # noqa: F401 (fixtures)
+from test_tensor_parallel import assert_same_tokens_and_logprobs
 
 ray = pytest.importorskip("ray")  # scripts/setup.sh installs the [ray] extra, so CI runs these
 
@@ -52,5 +56,30 @@ def test_ray_replicas_match_one_engine_and_one_lost_fails_only_its_requests(ray_
         assert engine.health().num_alive == 1
     finally:
         engine.shutdown()
-    assert not ray.util.placement_group_table() or all(
-        g["state"] == "REMOVED" for g in ray.util.placement_group_table().values())
+    assert all(g["state"] == "REMOVED" for g in ray.util.placement_group_table().values())
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])  # qwen3: one KV head, replicated on both ranks
+def test_ray_executor_tp2_matches_one_rank(ray_cluster, tiny_model_dir, kind):
+    path = str(tiny_model_dir(kind))
+    prompts = [{"prompt_token_ids": p} for p in random_prompts(4, 512, seed=21, min_len=3, max_len=40)]
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, logprobs=3)
+    one = LLM(path, **OPTIONS).generate(prompts, params, use_tqdm=False)
+    tp = LLM(path, tensor_parallel_size=2, distributed_executor_backend="ray", **OPTIONS)
+    try:
+        assert tp.llm_engine.engine_core.selected.executor == "ray"
+        assert_same_tokens_and_logprobs(one, tp.generate(prompts, params, use_tqdm=False))
+    finally:
+        tp.llm_engine.shutdown()
+    assert all(g["state"] == "REMOVED" for g in ray.util.placement_group_table().values())
+
+
+def test_a_lost_rank_fails_the_step_not_the_engine(ray_cluster, qwen2):
+    llm = LLM(qwen2, tensor_parallel_size=2, distributed_executor_backend="ray", **OPTIONS)
+    try:
+        ray.kill(llm.llm_engine.engine_core.executor.actors[1])
+        with pytest.raises(Exception, match="rank 1 is lost"):
+            llm.generate(PROMPTS[:2], GREEDY, use_tqdm=False)
+        assert not llm.llm_engine.has_unfinished_requests()
+    finally:
+        llm.llm_engine.shutdown()
