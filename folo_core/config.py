@@ -165,8 +165,17 @@ class ParallelConfig(_Section):
 
     tensor_parallel_size: int = Field(1, gt=0, description="Tensor-parallel ranks, one process each (the mp executor; gloo on CPU).")
     data_parallel_size: int = Field(1, gt=0, description="Engine-core replicas, one process each, each with its own scheduler and KV cache.")
-    data_parallel_backend: Literal["mp", "ray"] = Field("mp", description="Where replicas run: local processes (mp), or Ray actors on any node of a Ray cluster (ray; RAY_ADDRESS or a local one).")
+    data_parallel_backend: Literal["auto", "mp", "ray"] = Field("auto", description="Where replicas run: local processes (mp), or Ray actors on any node of a Ray cluster (ray; RAY_ADDRESS or a local one); auto = ray when distributed_executor_backend is ray, else mp.")
     data_parallel_routing: Literal["tokens", "prefix"] = Field("tokens", description="Where a new request goes: the replica with the fewest outstanding tokens, or the one its first KV block hashes to (prefix-cache affinity).")
+
+    @model_validator(mode="after")
+    def _resolve_data_parallel_backend(self) -> "ParallelConfig":
+        if self.data_parallel_backend == "auto":
+            self.data_parallel_backend = "ray" if self.distributed_executor_backend == "ray" else "mp"
+        if self.data_parallel_backend == "ray" and self.data_parallel_size > 1 and self.tensor_parallel_size > 1:
+            raise ValueError("data-parallel replicas on Ray run one rank each for now: with "
+                             "tensor_parallel_size > 1 use data_parallel_backend='mp'")
+        return self
 
 
 SECTIONS: tuple[type[_Section], ...] = (ModelConfig, CacheConfig, SchedulerConfig, ParallelConfig)

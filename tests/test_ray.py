@@ -27,8 +27,10 @@ def ray_cluster():
 
 
 def test_ray_replicas_match_one_engine_and_one_lost_fails_only_its_requests(ray_cluster, qwen2, reference):
-    engine = LLMEngine(EngineConfig.from_kwargs(model=qwen2, data_parallel_size=2, data_parallel_backend="ray",
-                                                **OPTIONS))
+    config = EngineConfig.from_kwargs(model=qwen2, data_parallel_size=2, distributed_executor_backend="ray",
+                                      **OPTIONS)
+    assert config.parallel.data_parallel_backend == "ray"  # "auto" follows the executor backend
+    engine = LLMEngine(config)
     try:
         client = engine.engine_core
         assert all(isinstance(r.proc, RayEngineCore) for r in client.replicas)
@@ -83,3 +85,11 @@ def test_a_lost_rank_fails_the_step_not_the_engine(ray_cluster, qwen2):
         assert not llm.llm_engine.has_unfinished_requests()
     finally:
         llm.llm_engine.shutdown()
+
+
+def test_ray_replicas_with_several_ranks_each_are_refused_with_the_reason(qwen2):
+    with pytest.raises(ValueError, match="data_parallel_backend='mp'"):
+        EngineConfig.from_kwargs(model=qwen2, data_parallel_size=2, tensor_parallel_size=2,
+                                 data_parallel_backend="ray")
+    config = EngineConfig.from_kwargs(model=qwen2, data_parallel_size=2, tensor_parallel_size=2)
+    assert config.parallel.data_parallel_backend == "mp"

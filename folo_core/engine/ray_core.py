@@ -107,10 +107,13 @@ def start_ray_cores(config: EngineConfig, names: list[str]) -> tuple[list[RayEng
         remove_placement_group(group)
         raise RuntimeError(f"Ray could not place {len(names)} engine cores of {per_replica} CPU(s) each "
                            f"({cpus} CPU(s) available)") from None
+    # Each actor is its replica's one rank: "ray" (or "auto") names where the replicas run, not a
+    # second layer of actors inside them.
+    parallel = config.parallel.model_copy(update={"distributed_executor_backend": "uni"})
+    config = config.model_copy(update={"parallel": parallel})
     actor_cls = ray.remote(_RayEngineCore)
-    threads = max(1, per_replica // config.parallel.tensor_parallel_size)
     handles = [RayEngineCore(actor_cls.options(
         num_cpus=per_replica, name=None,
         scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i),
-    ).remote(config, threads), name) for i, name in enumerate(names)]
+    ).remote(config, per_replica), name) for i, name in enumerate(names)]
     return handles, lambda: remove_placement_group(group)
