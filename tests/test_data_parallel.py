@@ -43,10 +43,10 @@ PROMPTS = [{"prompt_token_ids": p} for p in random_prompts(8, 500, seed=3, min_l
 
 
 @pytest.fixture(scope="module")
-def dp_engine(qwen2):
-    engine = LLMEngine(EngineConfig.from_kwargs(model=qwen2, data_parallel_size=2, **OPTIONS))
-    yield engine
-    engine.shutdown()
+def dp_llm(qwen2):
+    llm = LLM(qwen2, data_parallel_size=2, max_model_len=64, **OPTIONS)
+    yield llm
+    llm.llm_engine.shutdown()
 
 
 def run(engine: LLMEngine, prompts: list, params: SamplingParams, prefix: str) -> dict[str, object]:
@@ -60,7 +60,8 @@ def run(engine: LLMEngine, prompts: list, params: SamplingParams, prefix: str) -
     return finished
 
 
-def test_two_replicas_give_one_engines_greedy_tokens_and_both_serve(dp_engine, reference):
+def test_two_replicas_give_one_engines_greedy_tokens_and_both_serve(dp_llm, reference):
+    dp_engine = dp_llm.llm_engine
     client = dp_engine.engine_core
     assert isinstance(client, MPClient) and len(client.replicas) == 2
     assert len({r.proc.info.pid for r in client.replicas} | {os.getpid()}) == 3  # two processes of their own
@@ -74,8 +75,8 @@ def test_two_replicas_give_one_engines_greedy_tokens_and_both_serve(dp_engine, r
     assert stats.num_running == stats.num_waiting == 0 and stats.prefix_cache.requests >= len(PROMPTS)
 
 
-def test_llm_with_two_replicas_matches_and_checks_requests_in_the_replica(qwen2, reference):
-    llm = LLM(qwen2, data_parallel_size=2, max_model_len=64, **OPTIONS)
+def test_llm_with_two_replicas_matches_and_checks_requests_in_the_replica(dp_llm, reference):
+    llm = dp_llm
     outputs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outputs] == reference
     with pytest.raises(ValueError, match="max_model_len"):  # the front end's check, before routing
@@ -84,7 +85,6 @@ def test_llm_with_two_replicas_matches_and_checks_requests_in_the_replica(qwen2,
                       use_tqdm=False)[0]
     assert [c.token_ids for c in n2.outputs] == [reference[0][:5]] * 2
     assert not llm.llm_engine.has_unfinished_requests()
-    llm.llm_engine.shutdown()
 
 
 def test_prefix_routing_sends_a_shared_first_block_to_one_replica(qwen2):
@@ -142,12 +142,12 @@ def test_a_dead_replica_fails_only_its_requests_and_the_rest_serve(qwen2, refere
         engine.shutdown()
 
 
-def test_a_startup_error_in_a_replica_raises_in_the_caller(tmp_path):
+def test_a_startup_error_in_a_core_process_raises_in_the_caller(tmp_path):
     (tmp_path / "config.json").write_text('{"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", '
                                           '"hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 1, '
                                           '"num_key_value_heads": 2, "intermediate_size": 8, "vocab_size": 32}')
-    with pytest.raises(Exception, match="safetensors"):
-        LLMEngine(EngineConfig.from_kwargs(model=str(tmp_path), data_parallel_size=2, **OPTIONS))
+    with pytest.raises(Exception, match="safetensors"):  # raised in the core process, re-raised here
+        LLMEngine(EngineConfig.from_kwargs(model=str(tmp_path), **OPTIONS), multiprocess_mode=True)
 
 
 def test_a_hand_built_plugin_manager_cannot_cross_processes(qwen2):
@@ -171,10 +171,14 @@ def test_one_core_process_matches_in_process(qwen2, reference):
         engine.shutdown()
 
 
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def _replica_pids(server_pid: int) -> list[int]:
-    """The server's spawned engine-core processes (not multiprocessing's resource tracker)."""
-    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
-    return [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+    """The server's engine-core processes: the children of its multiprocessing fork server."""
+    servers = [c for c in _children(server_pid) if b"forkserver" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    return [pid for fork_server in servers for pid in _children(fork_server)]
 
 
 def test_serve_with_two_replicas_answers_the_openai_client_and_survives_one(tiny_chat_model_dir, tmp_path):

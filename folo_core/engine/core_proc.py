@@ -10,13 +10,13 @@ cores before collecting their replies (``send`` then ``recv``), so data-parallel
 replicas step at the same time. A call's exception travels back and is raised in
 the caller; a dead process reads as ``EngineDeadError`` naming its exit code.
 
-The process is not a daemon, so its executor may start tensor-parallel workers
-of its own; a finalizer stops it when the handle is dropped or at exit.
+Core processes fork from Folo's fork server (``folo_core/processes.py``). They
+are not daemons, so their executors may start tensor-parallel workers of their
+own; a finalizer stops each when its handle is dropped or at exit.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import pickle
 import weakref
@@ -29,6 +29,7 @@ from folo_core.config import EngineConfig
 from folo_core.engine.errors import EngineDeadError
 from folo_core.engine.selection import SelectedPlugins
 from folo_core.engine.stats import EngineStats
+from folo_core.processes import caller_environ, process_context, restore_environ
 
 _STOP = "stop"
 _STOP_TIMEOUT_S = 10
@@ -89,8 +90,13 @@ class EngineCoreServer:
         self.core.shutdown()
 
 
-def run_engine_core(config: EngineConfig, num_threads: int | None, conn: Connection) -> None:
-    """The process body: build the core, then answer calls until told to stop or orphaned."""
+def run_engine_core(config: EngineConfig, num_threads: int | None, conn: Connection,
+                    environ: dict[str, str]) -> None:
+    """The process body: build the core, then answer calls until told to stop or orphaned.
+
+    ``environ`` is the caller's environment when it started the core: a forked process
+    would otherwise see the fork server's, from whenever that started."""
+    restore_environ(environ)
     try:
         server = EngineCoreServer(config, num_threads)
         conn.send(server.ready())
@@ -173,9 +179,10 @@ class EngineCoreProc(CoreHandle):
 
     def __init__(self, config: EngineConfig, name: str, num_threads: int | None = None) -> None:
         super().__init__(name)
-        context = multiprocessing.get_context("spawn")
+        context = process_context()
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=run_engine_core, name=f"folo-{name}", args=(config, num_threads, child))
+        self.process = context.Process(target=run_engine_core, name=f"folo-{name}",
+                                       args=(config, num_threads, child, caller_environ()))
         self.process.start()
         child.close()
         self._finalizer = weakref.finalize(self, _stop, self.process, self.conn)

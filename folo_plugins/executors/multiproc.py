@@ -1,7 +1,8 @@
 """``mp``: one worker process per tensor-parallel rank (vLLM's ``MultiprocExecutor``).
 
-Every rank runs in a spawned process of its own (the engine's process never
-joins the process group, so it can build and drop engines freely): each joins
+Every rank runs in a process of its own, forked from Folo's fork server
+(``folo_core/processes.py``); the engine's process never joins the process
+group, so it can build and drop engines freely. Each rank joins
 a torch.distributed group (gloo on CPU, nccl on CUDA) over a TCP rendezvous on
 127.0.0.1, builds its ``ModelRunner`` over its shard of the model, and then
 serves calls from the engine over a pipe. A call goes to every rank (each
@@ -14,7 +15,6 @@ the call with its error; the engine core turns that into failed requests.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import weakref
 from multiprocessing.connection import Connection
@@ -22,6 +22,7 @@ from typing import Any
 
 from folo_core.executor.abstract import WorkerSpec
 from folo_core.logger import init_logger
+from folo_core.processes import caller_environ, process_context, restore_environ
 from folo_core.quantization import WeightMemory
 from folo_core.registry import SelectionContext
 from folo_plugins.executors.worker import RankExecutor, TPWorker, dist_backend, free_port, gather_replies
@@ -32,8 +33,9 @@ _STOP = "stop"
 
 
 def _worker_main(spec: WorkerSpec, rank: int, world_size: int, init_method: str, backend: str,
-                 conn: Connection) -> None:
+                 conn: Connection, environ: dict[str, str]) -> None:
     """A rank's process: build its ``TPWorker``, then run each call the engine sends."""
+    restore_environ(environ)
     try:
         worker = TPWorker(spec, rank, world_size, init_method, backend,
                           max(1, (os.cpu_count() or 1) // world_size))
@@ -70,12 +72,12 @@ class MultiprocExecutor(RankExecutor):
         self.world_size = config.parallel.tensor_parallel_size
         backend = dist_backend(config)
         init_method = f"tcp://127.0.0.1:{free_port()}"
-        context = multiprocessing.get_context("spawn")
+        context = process_context()
         self.workers: list[tuple[Any, Connection]] = []
         for rank in range(self.world_size):
             parent, child = context.Pipe()
             process = context.Process(target=_worker_main, name=f"folo-tp-rank{rank}", daemon=True,
-                                      args=(spec, rank, self.world_size, init_method, backend, child))
+                                      args=(spec, rank, self.world_size, init_method, backend, child, caller_environ()))
             process.start()
             child.close()
             self.workers.append((process, parent))
