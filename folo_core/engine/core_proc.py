@@ -29,7 +29,7 @@ from folo_core.config import EngineConfig
 from folo_core.engine.errors import EngineDeadError
 from folo_core.engine.selection import SelectedPlugins
 from folo_core.engine.stats import EngineStats
-from folo_core.processes import caller_environ, process_context, restore_environ
+from folo_core.processes import caller_state, process_context, restore_caller_state
 
 _STOP = "stop"
 _STOP_TIMEOUT_S = 10
@@ -91,12 +91,10 @@ class EngineCoreServer:
 
 
 def run_engine_core(config: EngineConfig, num_threads: int | None, conn: Connection,
-                    environ: dict[str, str]) -> None:
-    """The process body: build the core, then answer calls until told to stop or orphaned.
-
-    ``environ`` is the caller's environment when it started the core: a forked process
-    would otherwise see the fork server's, from whenever that started."""
-    restore_environ(environ)
+                    caller: dict[str, Any]) -> None:
+    """The process body: restore the caller's environment and import path (``caller_state``),
+    build the core, then answer calls until told to stop or orphaned."""
+    restore_caller_state(caller)
     try:
         server = EngineCoreServer(config, num_threads)
         conn.send(server.ready())
@@ -182,7 +180,7 @@ class EngineCoreProc(CoreHandle):
         context = process_context()
         self.conn, child = context.Pipe()
         self.process = context.Process(target=run_engine_core, name=f"folo-{name}",
-                                       args=(config, num_threads, child, caller_environ()))
+                                       args=(config, num_threads, child, caller_state()))
         self.process.start()
         child.close()
         self._finalizer = weakref.finalize(self, _stop, self.process, self.conn)

@@ -22,7 +22,7 @@ from typing import Any
 
 from folo_core.executor.abstract import WorkerSpec
 from folo_core.logger import init_logger
-from folo_core.processes import caller_environ, process_context, restore_environ
+from folo_core.processes import caller_state, process_context, restore_caller_state
 from folo_core.quantization import WeightMemory
 from folo_core.registry import SelectionContext
 from folo_plugins.executors.worker import RankExecutor, TPWorker, dist_backend, free_port, gather_replies
@@ -33,9 +33,9 @@ _STOP = "stop"
 
 
 def _worker_main(spec: WorkerSpec, rank: int, world_size: int, init_method: str, backend: str,
-                 conn: Connection, environ: dict[str, str]) -> None:
+                 conn: Connection, caller: dict[str, Any]) -> None:
     """A rank's process: build its ``TPWorker``, then run each call the engine sends."""
-    restore_environ(environ)
+    restore_caller_state(caller)
     try:
         worker = TPWorker(spec, rank, world_size, init_method, backend,
                           max(1, (os.cpu_count() or 1) // world_size))
@@ -77,7 +77,8 @@ class MultiprocExecutor(RankExecutor):
         for rank in range(self.world_size):
             parent, child = context.Pipe()
             process = context.Process(target=_worker_main, name=f"folo-tp-rank{rank}", daemon=True,
-                                      args=(spec, rank, self.world_size, init_method, backend, child, caller_environ()))
+                                      args=(spec, rank, self.world_size, init_method, backend, child,
+                                            caller_state()))
             process.start()
             child.close()
             self.workers.append((process, parent))
