@@ -27,6 +27,13 @@ def load_hf_config(model_path: str) -> Any:
         raise CheckpointError(f"cannot read {model_path}/config.json: {exc}") from None
 
 
+def engine_tokenizer(model_config: Any) -> Any:
+    """The tokenizer a ``ModelConfig`` (model path resolved) names, or None with ``skip_tokenizer_init``."""
+    if model_config.skip_tokenizer_init:
+        return None
+    return load_tokenizer(model_config.tokenizer or model_config.model)
+
+
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 

@@ -189,7 +189,7 @@ class MPClient(EngineCoreClient):
         while True:
             live = self._live()
             if not live:
-                raise EngineDeadError("every engine core died: " + "; ".join(r.error for r in self.replicas))
+                raise self._all_dead()
             replica = self._route(prompt_token_ids, cache_salt, live)
             try:
                 replica.proc.call("add_request", request_id, prompt_token_ids, params, arrival_time, priority,
@@ -247,6 +247,9 @@ class MPClient(EngineCoreClient):
         elif output.request_id in replica.outstanding:
             replica.outstanding[output.request_id] -= len(output.new_token_ids)
 
+    def _all_dead(self) -> EngineDeadError:
+        return EngineDeadError("every engine core died: " + "; ".join(r.error or "" for r in self.replicas))
+
     def _lose(self, replica: _Replica, exc: BaseException) -> None:
         if replica.error is None:
             replica.error = str(exc)
@@ -265,7 +268,7 @@ class MPClient(EngineCoreClient):
         return failed
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._owner) or any(r.outstanding for r in self.replicas)
+        return bool(self._owner)  # every replica's outstanding requests are in it
 
     def get_num_unfinished_requests(self) -> int:
         return len(self._owner)
@@ -282,7 +285,7 @@ class MPClient(EngineCoreClient):
     def get_stats(self) -> EngineStats:
         stats = [r.proc.stats for r in self._live()]
         if not stats:
-            raise EngineDeadError("every engine core died: " + "; ".join(r.error or "" for r in self.replicas))
+            raise self._all_dead()
         return merge_stats(stats) if len(stats) > 1 else replace(stats[0])
 
     def health(self) -> CoreHealth:

@@ -4,8 +4,7 @@ The process builds the core from the resolved ``EngineConfig`` (plugins come fro
 the ``folo`` entry-point group, the tokenizer from the checkpoint), reports what
 it picked, then serves calls over a pipe, one at a time and in order, each reply
 carrying the core's stats after the call (so the front end never asks a
-scheduler): the front
-end either waits for each reply (``call``) or sends the same call to several
+scheduler): the front end either waits for each reply (``call``) or sends the same call to several
 cores before collecting their replies (``send`` then ``recv``), so data-parallel
 replicas step at the same time. A call's exception travels back and is raised in
 the caller; a dead process reads as ``EngineDeadError`` naming its exit code.
@@ -64,14 +63,12 @@ class EngineCoreServer:
         import torch
 
         from folo_core.engine.core import EngineCore
-        from folo_core.hf_utils import load_tokenizer
+        from folo_core.hf_utils import engine_tokenizer
         from folo_core.plugins import get_plugin_manager
 
         if num_threads:
             torch.set_num_threads(num_threads)
-        model = config.model
-        tokenizer = None if model.skip_tokenizer_init else load_tokenizer(model.tokenizer or model.model)
-        self.core = core = EngineCore(config, get_plugin_manager(), tokenizer)
+        self.core = core = EngineCore(config, get_plugin_manager(), engine_tokenizer(config.model))
         self.calls = {"add_request": core.add_request, "abort_requests": core.abort_requests, "step": core.step,
                       "reset_prefix_cache": core.reset_prefix_cache}
 
@@ -173,7 +170,7 @@ class CoreHandle(ABC):
 
 
 class EngineCoreProc(CoreHandle):
-    """A core in a spawned process on this machine, over a pipe (started at once)."""
+    """A core in a process of its own on this machine, over a pipe (started at once)."""
 
     def __init__(self, config: EngineConfig, name: str, num_threads: int | None = None) -> None:
         super().__init__(name)

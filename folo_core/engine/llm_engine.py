@@ -11,7 +11,7 @@ from folo_core.engine.core_client import CoreHealth, EngineCoreClient, MPClient
 from folo_core.engine.output_processor import OutputProcessor, ParentRequest
 from folo_core.engine.processor import ProcessedRequest, Processor, PromptType
 from folo_core.engine.stats import EngineStats
-from folo_core.hf_utils import eos_token_ids, load_hf_config, load_tokenizer
+from folo_core.hf_utils import engine_tokenizer, eos_token_ids, load_hf_config
 from folo_core.outputs import RequestOutput
 from folo_core.plugins import FoloPluginManager, get_plugin_manager
 from folo_core.sampling_params import SamplingParams
@@ -35,8 +35,7 @@ class LLMEngine:
         model_path = model_config.model
         hf_config = load_hf_config(model_path)
         self.config = resolve_engine_config(config.model_copy(update={"model": model_config}), hf_config)
-        self.tokenizer = (None if self.config.model.skip_tokenizer_init
-                          else load_tokenizer(self.config.model.tokenizer or model_path))
+        self.tokenizer = engine_tokenizer(self.config.model)
         self.engine_core: EngineCoreClient = (
             MPClient(self.config, plugins, self.tokenizer)
             if multiprocess_mode or self.config.parallel.data_parallel_size > 1

@@ -15,7 +15,6 @@ the call with its error; the engine core turns that into failed requests.
 
 from __future__ import annotations
 
-import os
 import weakref
 from multiprocessing.connection import Connection
 from typing import Any
@@ -25,7 +24,7 @@ from folo_core.logger import init_logger
 from folo_core.processes import caller_state, process_context, restore_caller_state
 from folo_core.quantization import WeightMemory
 from folo_core.registry import SelectionContext
-from folo_plugins.executors.worker import RankExecutor, TPWorker, dist_backend, free_port, gather_replies
+from folo_plugins.executors.worker import RankExecutor, dist_backend, free_port, gather_replies, start_worker
 
 logger = init_logger(__name__)
 
@@ -36,12 +35,9 @@ def _worker_main(spec: WorkerSpec, rank: int, world_size: int, init_method: str,
                  conn: Connection, caller: dict[str, Any]) -> None:
     """A rank's process: build its ``TPWorker``, then run each call the engine sends."""
     restore_caller_state(caller)
-    try:
-        worker = TPWorker(spec, rank, world_size, init_method, backend,
-                          max(1, (os.cpu_count() or 1) // world_size))
-        conn.send(("ok", worker.weight_memory))
-    except BaseException as exc:
-        conn.send(("error", f"rank {rank} failed to start: {type(exc).__name__}: {exc}"))
+    worker, reply = start_worker(spec, rank, world_size, init_method, backend)
+    conn.send(reply)
+    if worker is None:
         return
     while True:
         try:

@@ -12,14 +12,14 @@ which the engine core turns into failed requests. The driver joins the Ray clust
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from folo_core.executor.abstract import WorkerSpec
 from folo_core.logger import init_logger
 from folo_core.quantization import WeightMemory
 from folo_core.registry import SelectionContext
-from folo_plugins.executors.worker import Reply, RankExecutor, TPWorker, dist_backend, free_port, gather_replies
+from folo_plugins.executors.worker import (Reply, RankExecutor, TPWorker, dist_backend, free_port, gather_replies,
+                                          start_worker)
 
 logger = init_logger(__name__)
 
@@ -36,12 +36,8 @@ class _RayWorker:
         return f"tcp://{ray.util.get_node_ip_address()}:{free_port()}"
 
     def start(self, spec: WorkerSpec, rank: int, world_size: int, init_method: str, backend: str) -> Reply:
-        try:
-            self.worker = TPWorker(spec, rank, world_size, init_method, backend,
-                                   max(1, (os.cpu_count() or 1) // world_size))
-            return "ok", self.worker.weight_memory
-        except BaseException as exc:
-            return "error", f"rank {rank} failed to start: {type(exc).__name__}: {exc}"
+        self.worker, reply = start_worker(spec, rank, world_size, init_method, backend)
+        return reply
 
     def call(self, name: str, *args: Any) -> Reply:
         return self.worker.call(name, args)

@@ -10,6 +10,7 @@ smallest.
 
 from __future__ import annotations
 
+import os
 import socket
 import traceback
 from abc import abstractmethod
@@ -61,6 +62,17 @@ class TPWorker:
         except BaseException as exc:
             return "error", f"rank {self.rank}: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
         return "ok", result if self.rank == 0 or name == "determine_num_blocks" else None
+
+
+def start_worker(spec: WorkerSpec, rank: int, world_size: int, init_method: str,
+                 backend: str) -> tuple[TPWorker | None, Reply]:
+    """Build a rank's worker with its share of this node's cores; the reply tells the executor
+    its weight memory, or why the rank could not start."""
+    try:
+        worker = TPWorker(spec, rank, world_size, init_method, backend, max(1, (os.cpu_count() or 1) // world_size))
+    except BaseException as exc:
+        return None, ("error", f"rank {rank} failed to start: {type(exc).__name__}: {exc}")
+    return worker, ("ok", worker.weight_memory)
 
 
 def gather_replies(replies: list[Reply]) -> list[Any]:
