@@ -104,12 +104,6 @@ class ReplicatedLinear(LinearBase):
         super().__init__(input_size, [output_size], bias, quant_config, prefix, params_dtype)
 
 
-class ColumnParallelLinear(ReplicatedLinear):
-    """Output dimension split across ranks."""
-
-    split_output = True
-
-
 class RowParallelLinear(ReplicatedLinear):
     """Input dimension split across ranks; the partial outputs are summed by an all-reduce."""
 
