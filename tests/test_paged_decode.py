@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from folo_core import LLM, SamplingParams
@@ -84,13 +85,8 @@ def test_cpu_kernel_reads_only_each_request_tokens():
             value_cache[block, offset] = torch.randn(2, 8)
     q = torch.randn(2, 6, 8)  # 6 query heads over 2 KV heads
     out = torch.ops.folo_cpu.paged_decode_attention(q, key_cache, value_cache, block_table, seq_lens, 0.3, 0, 0.0)
-    for row, n in enumerate(seq_lens.tolist()):
-        slots = torch.tensor([int(block_table[row, p // 4]) * 4 + p % 4 for p in range(n)])
-        k = key_cache.view(-1, 2, 8)[slots]  # [n, KH, D]
-        v = value_cache.view(-1, 2, 8)[slots]
-        scores = torch.einsum("hgd,nhd->hgn", q[row].view(2, 3, 8), k) * 0.3
-        expected = torch.einsum("hgn,nhd->hgd", scores.softmax(-1), v).reshape(6, 8)
-        torch.testing.assert_close(out[row], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, reference_decode(q, key_cache, value_cache, block_table, seq_lens, 0.3, 0, 0.0),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_decodes_take_one_kernel_call_unless_disabled():
@@ -106,3 +102,43 @@ def test_decodes_take_one_kernel_call_unless_disabled():
     assert len(default.decode_buckets) == 1 and default.decode_buckets[0].kernel
     assert default.decode_buckets[0].token_idx is None and default.decode_buckets[0].slots is None
     assert len(fallback.decode_buckets) > 1 and not any(b.kernel for b in fallback.decode_buckets)
+
+
+def reference_decode(q, key_cache, value_cache, block_table, seq_lens, scale, window, cap):
+    """The kernel's contract in float32 torch ops: each row's last ``window`` positions (all if 0)."""
+    kv_heads, head_size, block_size = key_cache.shape[2], key_cache.shape[3], key_cache.shape[1]
+    group = q.shape[1] // kv_heads
+    out = []
+    for row, n in enumerate(seq_lens.tolist()):
+        first = max(0, n - window) if window else 0
+        slots = torch.tensor([int(block_table[row, p // block_size]) * block_size + p % block_size
+                              for p in range(first, n)])
+        k = key_cache.view(-1, kv_heads, head_size)[slots].float()
+        v = value_cache.view(-1, kv_heads, head_size)[slots].float()
+        scores = torch.einsum("hgd,nhd->hgn", q[row].float().view(kv_heads, group, head_size), k) * scale
+        if cap:
+            scores = cap * torch.tanh(scores / cap)
+        out.append(torch.einsum("hgn,nhd->hgd", scores.softmax(-1), v).reshape(-1, head_size))
+    return torch.stack(out)
+
+
+# Head sizes on and off the vector width (16 floats with AVX-512, 8 with AVX2: 8, 72, 80, 96
+# leave scalar tails or fit exactly), GQA groups of 1 to 20 (over 8 splits into register tiles).
+@pytest.mark.parametrize("heads,kv_heads,head_size", [(9, 3, 64), (14, 2, 64), (32, 8, 128), (4, 4, 80),
+                                                      (6, 2, 8), (40, 2, 96), (16, 1, 72)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cpu_kernel_matches_the_reference_math(heads, kv_heads, head_size, dtype):
+    assert cpu_decode_kernel_available()
+    generator = torch.Generator().manual_seed(heads * head_size)
+    key_cache = torch.randn(64, 16, kv_heads, head_size, generator=generator).to(dtype)
+    value_cache = torch.randn(64, 16, kv_heads, head_size, generator=generator).to(dtype)
+    seq_lens = torch.tensor([1, 17, 33, 150, 5], dtype=torch.int32)  # within, across and on block edges
+    block_table = torch.randperm(64, generator=generator)[:50].view(5, 10).to(torch.int32)
+    q = torch.randn(5, heads, head_size, generator=generator).to(dtype)
+    # Products and sums in float32 either way; the output is rounded once to ``dtype``.
+    atol = 1e-5 if dtype == torch.float32 else 2e-2
+    for window, cap in [(0, 0.0), (20, 0.0), (0, 30.0)]:
+        out = torch.ops.folo_cpu.paged_decode_attention(q, key_cache, value_cache, block_table, seq_lens,
+                                                        head_size ** -0.5, window, cap)
+        expected = reference_decode(q, key_cache, value_cache, block_table, seq_lens, head_size ** -0.5, window, cap)
+        torch.testing.assert_close(out.float(), expected, atol=atol, rtol=0)

@@ -1,14 +1,19 @@
 // Paged decode attention for CPU: one query token per request, read through the block table.
 //
-// Each (request, kv head) pair is one task: its keys and values are read once, straight
-// from the cache blocks (no gathered copy, no padding to the longest request), scores and
-// softmax in float32, the GQA group's queries sharing every key/value read. With a soft cap C
+// Each (request, kv head) pair is one task: its keys and values are read straight from the
+// cache blocks (no gathered copy, no padding to the longest request) with explicit AVX-512 or
+// AVX2 vectors, widened to float32 as they load; scores and softmax in float32, the GQA
+// group's queries sharing every key/value load. With a soft cap C
 // (Gemma 2), each scaled score s becomes C * tanh(s / C) before the softmax.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -34,81 +39,203 @@ inline float exp_nonpositive(float x) {
   return p * scale;
 }
 
+// The widest float vector this build's ISA has (-march=native), and loads that widen the cache's
+// bf16 / fp16 / fp32 elements to it: bf16 by a shift into the high half, fp16 by F16C. Without
+// AVX2 the "vector" is one float and every loop below is plain scalar code.
+namespace simd {
+#if defined(__AVX512F__)
+constexpr int64_t W = 16;
+using V = __m512;
+inline V zero() { return _mm512_setzero_ps(); }
+inline V broadcast(float x) { return _mm512_set1_ps(x); }
+inline V load(const float* p) { return _mm512_loadu_ps(p); }
+inline V load(const c10::BFloat16* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+inline V load(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+// Any other element type (float64) element by element.
+template <typename T>
+inline V load(const T* p) {
+  float wide[W];
+  for (int64_t i = 0; i < W; ++i) wide[i] = static_cast<float>(p[i]);
+  return load(static_cast<const float*>(wide));
+}
+inline V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+inline float sum(V v) { return _mm512_reduce_add_ps(v); }
+inline void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+constexpr int64_t W = 8;
+using V = __m256;
+inline V zero() { return _mm256_setzero_ps(); }
+inline V broadcast(float x) { return _mm256_set1_ps(x); }
+inline V load(const float* p) { return _mm256_loadu_ps(p); }
+inline V load(const c10::BFloat16* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+inline V load(const c10::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+// Any other element type (float64) element by element.
+template <typename T>
+inline V load(const T* p) {
+  float wide[W];
+  for (int64_t i = 0; i < W; ++i) wide[i] = static_cast<float>(p[i]);
+  return load(static_cast<const float*>(wide));
+}
+inline V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+inline float sum(V v) {
+  const __m128 pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 two = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
+  return _mm_cvtss_f32(_mm_add_ss(two, _mm_movehdup_ps(two)));
+}
+inline void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+#else
+constexpr int64_t W = 1;
+using V = float;
+inline V zero() { return 0.f; }
+inline V broadcast(float x) { return x; }
+template <typename T>
+inline V load(const T* p) { return static_cast<float>(*p); }
+inline V fma(V a, V b, V c) { return a * b + c; }
+inline float sum(V v) { return v; }
+inline void store(float* p, V v) { *p = v; }
+#endif
+}  // namespace simd
+
+// Query heads of a GQA group handled together: each key or value vector loaded is used by
+// all of them. The tile size is a template argument, so their accumulators are registers.
+constexpr int64_t kGroupTile = 8;
+
+// Calls f(t, row) for the positions [first, end) of one request and KV head, a cache block at
+// a time (one block-table read per block), t counting from 0 at ``first``.
+template <typename scalar_t, typename F>
+inline void for_each_token(const scalar_t* cache, const int32_t* blocks, int64_t block_size, int64_t blk_stride,
+                           int64_t tok_stride, int64_t first, int64_t end, F&& f) {
+  for (int64_t pos = first; pos < end;) {
+    const int64_t offset = pos % block_size, n = std::min(block_size - offset, end - pos);
+    const scalar_t* row = cache + blocks[pos / block_size] * blk_stride + offset * tok_stride;
+    for (int64_t i = 0; i < n; ++i) f(pos - first + i, row + i * tok_stride);
+    pos += n;
+  }
+}
+
+// Where one task's keys and values are: a request's block table and one KV head's slice.
+template <typename scalar_t>
+struct KVView {
+  const scalar_t* keys;
+  const scalar_t* values;
+  const int32_t* blocks;
+  int64_t block_size, k_blk, k_tok, v_blk, v_tok;
+  int64_t first, end;  // the positions attended
+};
+
+// G query heads of one GQA group (queries q, already scaled, [G, head_size] in float32) over
+// one request's context: scores, soft cap, softmax, weighted values, written to out[g] rows.
+template <int64_t G, typename scalar_t>
+void attend_tile(const float* q, const KVView<scalar_t>& kv, int64_t head_size, float cap, float* scores,
+                 float* acc, scalar_t* const* out) {
+  using simd::W;
+  const int64_t vec_end = head_size / W * W;  // [vec_end, head_size) is a scalar tail
+  const int64_t len = kv.end - kv.first;
+  for_each_token(kv.keys, kv.blocks, kv.block_size, kv.k_blk, kv.k_tok, kv.first, kv.end,
+                 [&](int64_t t, const scalar_t* k) {
+    simd::V dot[G];
+    for (int64_t g = 0; g < G; ++g) dot[g] = simd::zero();
+    for (int64_t d = 0; d < vec_end; d += W) {
+      const simd::V kd = simd::load(k + d);
+      for (int64_t g = 0; g < G; ++g) dot[g] = simd::fma(simd::load(q + g * head_size + d), kd, dot[g]);
+    }
+    for (int64_t g = 0; g < G; ++g) {
+      float s = simd::sum(dot[g]);
+      for (int64_t d = vec_end; d < head_size; ++d) s += q[g * head_size + d] * static_cast<float>(k[d]);
+      scores[g * len + t] = s;
+    }
+  });
+  float sums[G];
+  for (int64_t g = 0; g < G; ++g) {
+    float* sg = scores + g * len;
+    if (cap > 0.f) {
+      for (int64_t t = 0; t < len; ++t) sg[t] = cap * std::tanh(sg[t] / cap);
+    }
+    const float m = *std::max_element(sg, sg + len);
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t t = 0; t < len; ++t) { sg[t] = exp_nonpositive(sg[t] - m); sum += sg[t]; }
+    sums[g] = sum;
+  }
+  // One vector-wide slice of the head at a time, its G accumulators in registers across every
+  // token (the request's values stay in L1 between slices).
+  for (int64_t d = 0; d < vec_end; d += W) {
+    simd::V part[G];
+    for (int64_t g = 0; g < G; ++g) part[g] = simd::zero();
+    for_each_token(kv.values, kv.blocks, kv.block_size, kv.v_blk, kv.v_tok, kv.first, kv.end,
+                   [&](int64_t t, const scalar_t* v) {
+      const simd::V vd = simd::load(v + d);
+      for (int64_t g = 0; g < G; ++g) part[g] = simd::fma(simd::broadcast(scores[g * len + t]), vd, part[g]);
+    });
+    for (int64_t g = 0; g < G; ++g) simd::store(acc + g * head_size + d, part[g]);
+  }
+  for (int64_t d = vec_end; d < head_size; ++d) {
+    float part[G] = {};
+    for_each_token(kv.values, kv.blocks, kv.block_size, kv.v_blk, kv.v_tok, kv.first, kv.end,
+                   [&](int64_t t, const scalar_t* v) {
+      for (int64_t g = 0; g < G; ++g) part[g] += scores[g * len + t] * static_cast<float>(v[d]);
+    });
+    for (int64_t g = 0; g < G; ++g) acc[g * head_size + d] = part[g];
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    const float inv = 1.f / sums[g];
+    for (int64_t d = 0; d < head_size; ++d) out[g][d] = static_cast<scalar_t>(acc[g * head_size + d] * inv);
+  }
+}
+
+// attend_tile<tile> for a tile size known only at run time (1..kGroupTile).
+template <typename scalar_t, int64_t G = kGroupTile>
+void attend_tile_n(int64_t tile, const float* q, const KVView<scalar_t>& kv, int64_t head_size, float cap,
+                   float* scores, float* acc, scalar_t* const* out) {
+  if constexpr (G > 1) {
+    if (tile < G) return attend_tile_n<scalar_t, G - 1>(tile, q, kv, head_size, cap, scores, acc, out);
+  }
+  attend_tile<G, scalar_t>(q, kv, head_size, cap, scores, acc, out);
+}
+
 template <typename scalar_t>
 void decode_kernel(const at::Tensor& query, const at::Tensor& key_cache, const at::Tensor& value_cache,
                    const at::Tensor& block_table, const at::Tensor& seq_lens, double scale, int64_t window,
                    double soft_cap, at::Tensor& out) {
   const int64_t num_reqs = query.size(0), num_heads = query.size(1), head_size = query.size(2);
-  const int64_t block_size = key_cache.size(1), num_kv_heads = key_cache.size(2);
+  const int64_t num_kv_heads = key_cache.size(2);
   const int64_t group = num_heads / num_kv_heads;
   const int64_t q_stride_r = query.stride(0), q_stride_h = query.stride(1);
-  const int64_t blk_stride = key_cache.stride(0), tok_stride = key_cache.stride(1), kvh_stride = key_cache.stride(2);
-  const int64_t v_blk_stride = value_cache.stride(0), v_tok_stride = value_cache.stride(1),
-                v_kvh_stride = value_cache.stride(2);
   const int64_t bt_stride = block_table.stride(0);
   const scalar_t* q_ptr = query.data_ptr<scalar_t>();
-  const scalar_t* k_ptr = key_cache.data_ptr<scalar_t>();
-  const scalar_t* v_ptr = value_cache.data_ptr<scalar_t>();
   const int32_t* bt_ptr = block_table.data_ptr<int32_t>();
   const int32_t* len_ptr = seq_lens.data_ptr<int32_t>();
   scalar_t* o_ptr = out.data_ptr<scalar_t>();
   const float fscale = static_cast<float>(scale), cap = static_cast<float>(soft_cap);
 
   at::parallel_for(0, num_reqs * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> q(group * head_size), acc(group * head_size), row(head_size), sums(group), scores;
+    std::vector<float> q(kGroupTile * head_size), acc(kGroupTile * head_size), scores;
+    scalar_t* rows[kGroupTile];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / num_kv_heads, kh = task % num_kv_heads;
       // The query sits at position len - 1 and sees the last ``window`` positions (all if 0);
       // keys before ``first`` are never read (their blocks may already be another request's).
-      const int64_t first = window > 0 ? std::max<int64_t>(0, len_ptr[r] - window) : 0;
-      const int64_t len = len_ptr[r] - first;
-      const int32_t* blocks = bt_ptr + r * bt_stride;
-      for (int64_t g = 0; g < group; ++g) {
-        const scalar_t* src = q_ptr + r * q_stride_r + (kh * group + g) * q_stride_h;
-        for (int64_t d = 0; d < head_size; ++d) q[g * head_size + d] = static_cast<float>(src[d]) * fscale;
-      }
-      scores.assign(group * len, 0.f);
-      for (int64_t t = 0; t < len; ++t) {
-        const int64_t pos = first + t;
-        const scalar_t* k = k_ptr + blocks[pos / block_size] * blk_stride + (pos % block_size) * tok_stride + kh * kvh_stride;
-        float* kf = row.data();
-        for (int64_t d = 0; d < head_size; ++d) kf[d] = static_cast<float>(k[d]);
-        for (int64_t g = 0; g < group; ++g) {
-          const float* qg = q.data() + g * head_size;
-          float s = 0.f;
-#pragma omp simd reduction(+ : s)
-          for (int64_t d = 0; d < head_size; ++d) s += qg[d] * kf[d];
-          scores[g * len + t] = s;
+      const int64_t last = len_ptr[r];
+      const KVView<scalar_t> kv{
+          key_cache.data_ptr<scalar_t>() + kh * key_cache.stride(2), value_cache.data_ptr<scalar_t>() + kh * value_cache.stride(2),
+          bt_ptr + r * bt_stride, key_cache.size(1), key_cache.stride(0), key_cache.stride(1), value_cache.stride(0),
+          value_cache.stride(1), window > 0 ? std::max<int64_t>(0, last - window) : 0, last};
+      for (int64_t g0 = 0; g0 < group; g0 += kGroupTile) {
+        const int64_t tile = std::min(kGroupTile, group - g0);
+        for (int64_t g = 0; g < tile; ++g) {
+          const int64_t head = kh * group + g0 + g;
+          const scalar_t* src = q_ptr + r * q_stride_r + head * q_stride_h;
+          for (int64_t d = 0; d < head_size; ++d) q[g * head_size + d] = static_cast<float>(src[d]) * fscale;
+          rows[g] = o_ptr + (r * num_heads + head) * head_size;
         }
-      }
-      if (cap > 0.f) {
-        for (float& s : scores) s = cap * std::tanh(s / cap);
-      }
-      for (int64_t g = 0; g < group; ++g) {
-        float* sg = scores.data() + g * len;
-        const float m = *std::max_element(sg, sg + len);
-        float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t t = 0; t < len; ++t) { sg[t] = exp_nonpositive(sg[t] - m); sum += sg[t]; }
-        sums[g] = sum;
-      }
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t t = 0; t < len; ++t) {
-        const int64_t pos = first + t;
-        const scalar_t* v = v_ptr + blocks[pos / block_size] * v_blk_stride + (pos % block_size) * v_tok_stride + kh * v_kvh_stride;
-        float* vf = row.data();
-        for (int64_t d = 0; d < head_size; ++d) vf[d] = static_cast<float>(v[d]);
-        for (int64_t g = 0; g < group; ++g) {
-          const float p = scores[g * len + t];
-          float* ag = acc.data() + g * head_size;
-#pragma omp simd
-          for (int64_t d = 0; d < head_size; ++d) ag[d] += p * vf[d];
-        }
-      }
-      for (int64_t g = 0; g < group; ++g) {
-        scalar_t* dst = o_ptr + (r * num_heads + kh * group + g) * head_size;
-        const float inv = 1.f / sums[g];
-        for (int64_t d = 0; d < head_size; ++d) dst[d] = static_cast<scalar_t>(acc[g * head_size + d] * inv);
+        scores.resize(tile * (kv.end - kv.first));
+        attend_tile_n<scalar_t>(tile, q.data(), kv, head_size, cap, scores.data(), acc.data(), rows);
       }
     }
   });
