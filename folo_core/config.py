@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal, get_args, get_origin
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from folo_core.hf_utils import max_positions
 from folo_core.logger import init_logger
 from folo_core.platform import resolve_auto_dtype
 
@@ -319,7 +320,7 @@ def resolve_engine_config(config: EngineConfig, hf_config: Any) -> EngineConfig:
         model.dtype = names[dtype]
         logger.info("dtype auto -> %s: %s", model.dtype, why)
 
-    limit = getattr(hf_config, "max_position_embeddings", None)
+    limit = max_positions(hf_config)
     if model.max_model_len is None:
         if limit is None:
             raise ConfigError("the checkpoint has no max_position_embeddings; set max_model_len")
@@ -327,7 +328,8 @@ def resolve_engine_config(config: EngineConfig, hf_config: Any) -> EngineConfig:
     elif limit is not None and model.max_model_len > limit:
         raise ConfigError(
             f"max_model_len={model.max_model_len} is larger than the model's "
-            f"max_position_embeddings={limit}"
+            f"max_position_embeddings={hf_config.max_position_embeddings}"
+            + (f" times its dynamic rope factor ({limit})" if limit != hf_config.max_position_embeddings else "")
         )
 
     if scheduler.max_num_batched_tokens is None:

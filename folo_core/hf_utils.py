@@ -92,3 +92,30 @@ def layer_sliding_windows(hf_config: Any) -> tuple[int | None, ...]:
 def kv_sliding_window(windows: tuple[int | None, ...]) -> int | None:
     """The window after which a token's KV is dead in every layer (None if any layer is full)."""
     return None if not windows or None in windows else max(windows)
+
+
+def dynamic_rope_scaling(hf_config: Any) -> tuple[int, float] | None:
+    """``(original length, factor)`` for HF's "dynamic" NTK rotary scaling, else None.
+
+    Its base grows with the sequence length past ``max_position_embeddings``, so a token's
+    rotation depends on how long the sequence was when it was computed: the model runner
+    passes that length with each position, and prefix caching keys long prompts by their
+    length. Within the original length it is the default rotary embedding.
+    """
+    params = getattr(hf_config, "rope_parameters", None) or {}
+    if any(isinstance(v, dict) and v.get("rope_type") == "dynamic" for v in params.values()):
+        raise CheckpointError("rope_type 'dynamic' per layer type is not supported")
+    if params.get("rope_type", params.get("type")) != "dynamic":
+        return None
+    factor = float(params.get("factor", 1.0))
+    if factor < 1.0:
+        raise CheckpointError(f"dynamic rope factor {factor} must be at least 1")
+    return int(hf_config.max_position_embeddings), factor
+
+
+def max_positions(hf_config: Any) -> int | None:
+    """The longest sequence the checkpoint's positions cover: ``max_position_embeddings``,
+    times the factor under dynamic NTK scaling (what it is for; vLLM's limit too)."""
+    limit = getattr(hf_config, "max_position_embeddings", None)
+    dynamic = dynamic_rope_scaling(hf_config)
+    return int(dynamic[0] * dynamic[1]) if dynamic and limit is not None else limit

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from folo_core.attention.layer import Attention
-from folo_core.hf_utils import layer_sliding_windows
+from folo_core.hf_utils import layer_sliding_windows, max_positions
 from folo_core.models import CheckpointError, ModelLoadContext
 from folo_core.quantization import QuantizationConfig
 from folo_models.layers.activation import ACTIVATIONS
@@ -354,7 +354,7 @@ class DecoderForCausalLM(nn.Module):
     def __init__(self, arch: str, ctx: ModelLoadContext) -> None:
         super().__init__()
         hf_config = ctx.hf_config
-        max_position = max(getattr(hf_config, "max_position_embeddings", 0) or 0, 1)
+        max_position = max(max_positions(hf_config) or 0, 1)
         self.spec = DecoderSpec.from_hf_config(arch, hf_config, max_position)
         check_tensor_parallel(self.spec, tp_rank_and_size()[1])
         self.model = DecoderModel(self.spec, hf_config, ctx)

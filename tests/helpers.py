@@ -94,10 +94,17 @@ def hf_greedy(model_path: str | Path, prompts: list[list[int]], max_new_tokens: 
     """HF transformers greedy continuation of each prompt (no EOS stop)."""
     from transformers import AutoModelForCausalLM
 
+    from folo_core.hf_utils import dynamic_rope_scaling
+
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype).eval()
+    # HF's dynamic NTK rotary keeps the longest length it has seen across calls: a fresh model
+    # per prompt gives each prompt HF's own single-sequence result.
+    fresh = dynamic_rope_scaling(model.config) is not None
     outputs = []
     with torch.inference_mode():
         for ids in prompts:
+            if fresh:
+                model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype).eval()
             input_ids = torch.tensor([ids])
             out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
                                  max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)

@@ -16,6 +16,7 @@ from helpers import assert_greedy_matches_hf, assert_prefill_logprobs_match_hf, 
 LONGROPE = dict(rope_scaling={"rope_type": "longrope", "short_factor": [1.1, 1.2, 1.5, 2.0],
                               "long_factor": [2.0, 2.5, 3.0, 4.0], "original_max_position_embeddings": 48},
                 original_max_position_embeddings=48, max_position_embeddings=192, partial_rotary_factor=0.5)
+DYNAMIC = dict(rope_scaling={"rope_type": "dynamic", "factor": 4.0}, max_position_embeddings=48)
 # name -> (tiny config, overrides, longest prompt, new tokens)
 FAMILIES = {
     "phi3": ("phi3", {}, 70, 16),
@@ -28,6 +29,8 @@ FAMILIES = {
         "original_max_position_embeddings": 64}), 70, 16),
     "qwen2-rope-yarn": ("qwen2", dict(rope_scaling={"rope_type": "yarn", "factor": 4.0,
                                                     "original_max_position_embeddings": 64}), 70, 16),
+    # Dynamic NTK: prompts and generations cross the original 48 positions.
+    "llama-rope-dynamic": ("llama", DYNAMIC, 70, 16),
     "olmo2": ("olmo2", {}, 70, 16),
     "gemma3": ("gemma3", {}, 70, 16),
     # Gemma 3 4B's scaled global RoPE, and a final-logit soft-cap (Gemma 2's; Gemma 3 allows it).
@@ -45,12 +48,19 @@ OPTIONS = [
 ]
 
 
-@pytest.fixture(params=list(FAMILIES))
+# Each prefix of a prompt as its own request against HF's full-sequence logits: under dynamic
+# NTK a prefix past the original length has its own base, so that family's prompt log-probs
+# are checked as prompt_logprobs of one request instead (the dynamic test below).
+PREFIX_LOGPROB_FAMILIES = [name for name in FAMILIES if name != "llama-rope-dynamic"]
+
+
+@pytest.fixture
 def family(request, tiny_model_dir):
     kind, overrides, max_len, new_tokens = FAMILIES[request.param]
     return tiny_model_dir(kind, **overrides), max_len, new_tokens
 
 
+@pytest.mark.parametrize("family", list(FAMILIES), indirect=True)
 @pytest.mark.parametrize("options", OPTIONS, ids=["naive", "paged-chunked-prefix"])
 def test_greedy_matches_hf(family, options):
     path, max_len, new_tokens = family
@@ -59,11 +69,37 @@ def test_greedy_matches_hf(family, options):
     assert_greedy_matches_hf(path, prompts, new_tokens, **options)
 
 
+@pytest.mark.parametrize("family", PREFIX_LOGPROB_FAMILIES, indirect=True)
 def test_prefill_logprobs_match_hf(family):
     path, max_len, _ = family
     prompt = random_prompts(1, 512, seed=17, min_len=max_len - 6, max_len=max_len - 6)[0]
     assert_prefill_logprobs_match_hf(path, prompt, max_num_batched_tokens=16, block_size=8,
                                      enable_prefix_caching=True)
+
+
+def test_dynamic_rope_prompt_logprobs_and_prefix_cache_follow_hf(tiny_model_dir):
+    """Under dynamic NTK a prompt past the original length turns every key with its own length's
+    base: its prompt log-probs (chunked, one request) are HF's full-sequence ones, and a longer
+    prompt sharing its first 64 tokens reuses none of its cached blocks, so both match HF."""
+    from folo_core import LLM, SamplingParams
+    from helpers import hf_greedy, hf_logits
+
+    path = tiny_model_dir("llama", **DYNAMIC)
+    prompt = random_prompts(1, 512, seed=23, min_len=70, max_len=70)[0]
+    llm = LLM(str(path), skip_tokenizer_init=True, dtype="float32", max_logprobs=-1, max_num_batched_tokens=16,
+              block_size=8, enable_prefix_caching=True)
+    assert llm.llm_engine.config.model.max_model_len == 192  # 48 positions times the factor 4
+    output = llm.generate([{"prompt_token_ids": prompt}], SamplingParams(max_tokens=1, prompt_logprobs=512),
+                          use_tqdm=False)[0]
+    reference = hf_logits(path, prompt).log_softmax(-1)
+    for k, entry in enumerate(output.prompt_logprobs[1:]):
+        ours = torch.tensor([entry[t].logprob for t in range(512)])
+        torch.testing.assert_close(ours, reference[k], atol=1e-4, rtol=0)
+    longer = prompt[:64] + random_prompts(1, 512, seed=24, min_len=12, max_len=12)[0]
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    got = [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": p} for p in (prompt, longer)],
+                                                         params, use_tqdm=False)]
+    assert got == hf_greedy(path, [prompt, longer], 16)
 
 
 def test_gemma2_attention_soft_cap_matters(tiny_model_dir):

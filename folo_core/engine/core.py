@@ -15,7 +15,7 @@ from folo_core.engine.core_client import EngineCoreClient
 from folo_core.engine.selection import select_plugins
 from folo_core.engine.stats import EngineStats
 from folo_core.executor.abstract import WorkerSpec
-from folo_core.hf_utils import kv_sliding_window, layer_sliding_windows
+from folo_core.hf_utils import dynamic_rope_scaling, kv_sliding_window, layer_sliding_windows
 from folo_core.logger import init_logger
 from folo_core.plugins import FoloPluginManager
 from folo_core.request import Request, RequestStatus
@@ -76,6 +76,11 @@ class EngineCore(EngineCoreClient):
         max_tokens = max(1, limit - n)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
+        dynamic_rope = dynamic_rope_scaling(self.config.model.hf_config)
+        if dynamic_rope is not None and n > dynamic_rope[0]:
+            # Dynamic NTK rotary turns such a prompt's keys with its own length's base, so its
+            # cached blocks can serve only prompts of the same length.
+            cache_salt = f"{cache_salt or ''}\0dynamic rope, prompt of {n} tokens"
         request = Request(request_id, prompt_token_ids, params, max_tokens, arrival_time, priority, cache_salt)
         if params.structured_outputs is not None:
             request.structured_output_request = self.structured_output_manager.grammar_init(

@@ -22,6 +22,7 @@ from folo_core.attention.layer import Attention
 from folo_core.compilation import CompiledForward
 from folo_core.config import EngineConfig
 from folo_core.forward_context import set_forward_context
+from folo_core.hf_utils import dynamic_rope_scaling
 from folo_core.logger import init_logger
 from folo_core.models import ModelLoadContext, ModelLoader
 from folo_core.quantization import QuantizationConfig, WeightMemory, quantized_layers, weight_memory
@@ -71,6 +72,8 @@ class ModelRunner:
         self.dtype = config.model.torch_dtype
         self.block_size = config.cache.block_size
         self.max_model_len = config.model.max_model_len
+        # Dynamic NTK rotary: each position goes to the model with its sequence length.
+        self.positions_with_lengths = dynamic_rope_scaling(config.model.hf_config) is not None
         self.attn_backend = attn_backend
         self.sampler = sampler
         self.proposer = proposer
@@ -169,7 +172,7 @@ class ModelRunner:
             table = np.tile(np.arange(num_blocks, dtype=np.int32), (len(computed), 1))
             flat = build_flat_batch(computed, scheduled, table, np.arange(len(computed)), self.block_size,
                                     self.device)
-            self._run_model(forward, flat, np.zeros(len(flat.positions), dtype=np.int64))
+            self._run_model(forward, flat, np.zeros(len(flat.positions), dtype=np.int64), computed + scheduled)
 
     # -- one step ---------------------------------------------------------------
 
@@ -228,7 +231,7 @@ class ModelRunner:
         offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
         logits_indices = np.repeat((np.cumsum(num_sched) - 1)[samples] - counts + 1, counts) + offsets
 
-        hidden = self._run_model(self.forward, flat, input_ids)
+        hidden = self._run_model(self.forward, flat, input_ids, batch.num_prompt_tokens[rows])
         prompt_logprobs = self._prompt_logprobs(hidden, req_ids, rows, computed, num_sched)
         if not len(logits_indices):
             return ModelRunnerOutput(sampled_token_ids={}, failed_req_ids=failed, prompt_logprobs=prompt_logprobs)
@@ -331,12 +334,20 @@ class ModelRunner:
                                 torch.tensor(logit_rows, device=logits.device),
                                 compiled=not self.config.model.enforce_eager)
 
-    def _run_model(self, forward, flat: FlatBatch, input_ids: np.ndarray) -> torch.Tensor:
+    def _run_model(self, forward, flat: FlatBatch, input_ids: np.ndarray, prompt_lens: np.ndarray) -> torch.Tensor:
         """One forward over the flat batch, with its attention metadata built once."""
         attn_metadata = self.attn_metadata_builder.build(flat.attn_metadata)
         with set_forward_context(attn_metadata, self.attn_layers_by_name):
             return forward(torch.from_numpy(input_ids).to(self.device),
-                           torch.from_numpy(flat.positions).to(self.device))
+                           torch.from_numpy(self._model_positions(flat, prompt_lens)).to(self.device))
+
+    def _model_positions(self, flat: FlatBatch, prompt_lens: np.ndarray) -> np.ndarray:
+        """[T] positions; under dynamic NTK rotary [2, T], each with the sequence length HF's
+        rotation would see for it: its prompt's length, or, for a generated token, its position + 1
+        (a token's rotation is fixed when its key is cached, so it must not depend on the step)."""
+        if not self.positions_with_lengths:
+            return flat.positions
+        return np.stack([flat.positions, np.maximum(prompt_lens[flat.token_req], flat.positions + 1)])
 
     def _collect(self, sample_rows: np.ndarray, out) -> ModelRunnerOutput:
         batch = self.input_batch

@@ -5,8 +5,13 @@ from ``transformers.modeling_rope_utils``; ``longrope`` (Phi-3) uses its short
 factors for positions before ``original_max_position_embeddings`` and its long
 factors from there on, per position, as vLLM does (HF switches a whole forward to
 the long factors once it reaches past that length, which agrees for decoding but
-not for a prefill that crosses it). ``dynamic`` depends on the batch's length and
-is refused. ``partial_rotary_factor`` rotates only the first part of each head.
+not for a prefill that crosses it). ``dynamic`` (NTK) grows the base with the
+sequence length past ``max_position_embeddings``, as HF does for one sequence: a
+prompt's tokens turn with the base of the prompt's length, a generated token at
+position ``p`` with that of ``p + 1``, so the runner passes positions as ``[2, T]``,
+each position with that length (HF takes the longest sequence of its whole batch,
+which no engine that batches requests independently can reproduce).
+``partial_rotary_factor`` rotates only the first part of each head.
 Configs whose ``rope_parameters`` are keyed by layer type (Gemma 3: one base for
 sliding layers, another for full ones) get one table per type.
 """
@@ -18,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from folo_core.hf_utils import dynamic_rope_scaling
 from folo_core.models import CheckpointError
 
 
@@ -39,8 +45,6 @@ def _inv_freq(hf_config: Any, rotary_dim: int, layer_type: str | None, **kwargs:
         base = float(params.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0)))
         exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
         return 1.0 / (base ** exponents), 1.0
-    if rope_type == "dynamic":
-        raise CheckpointError("rope_type 'dynamic' (length-dependent) is not supported")
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     if rope_type not in ROPE_INIT_FUNCTIONS:
@@ -65,6 +69,18 @@ def _angles(hf_config: Any, rotary_dim: int, max_position: int, layer_type: str 
     return angles, scaling
 
 
+def _dynamic_inv_freq(hf_config: Any, original: int, max_position: int) -> torch.Tensor:
+    """[max_position - original + 1, rotary_dim / 2]: row i holds the inverse frequencies HF's
+    dynamic NTK uses for a sequence of ``original + i`` tokens (row 0: up to ``original``)."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    dynamic = ROPE_INIT_FUNCTIONS["dynamic"]
+    first, _ = dynamic(hf_config, torch.device("cpu"))
+    lengths = torch.arange(original + 1, max(max_position, original) + 1)[:, None]
+    longer, _ = dynamic(hf_config, torch.device("cpu"), seq_len=lengths)  # HF's tensor path, row by row
+    return torch.cat((first[None], longer)).float()
+
+
 class RotaryEmbedding(nn.Module):
     """Neox-style rotation (``rotate_half``) with cos/sin tables indexed by position.
 
@@ -81,13 +97,27 @@ class RotaryEmbedding(nn.Module):
             raise CheckpointError(f"partial_rotary_factor {factor} gives {self.rotary_dim} rotary dimensions "
                                   f"of {head_dim}; needs an even number, at least 2")
         angles, scaling = _angles(hf_config, self.rotary_dim, max_position, layer_type)
+        self.scaling = scaling
+        self.dynamic = dynamic_rope_scaling(hf_config) if layer_type is None else None
+        if self.dynamic is not None:
+            self.register_buffer("dynamic_inv_freq", _dynamic_inv_freq(hf_config, self.dynamic[0], max_position),
+                                 persistent=False)
         self.register_buffer("cos", torch.cat((angles, angles), dim=-1).cos() * scaling, persistent=False)
         sin = angles.sin() * scaling
         self.register_buffer("sin_signed", torch.cat((-sin, sin), dim=-1), persistent=False)
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step's tables, looked up once and shared by every layer: [T, 1, rotary_dim] each."""
-        return self.cos[positions].to(dtype).unsqueeze(1), self.sin_signed[positions].to(dtype).unsqueeze(1)
+        """The step's tables, looked up once and shared by every layer: [T, 1, rotary_dim] each.
+        Under dynamic NTK ``positions`` is [2, T] (positions, sequence lengths) and the angles are
+        computed for the step from each length's frequencies."""
+        if positions.dim() == 1:
+            return self.cos[positions].to(dtype).unsqueeze(1), self.sin_signed[positions].to(dtype).unsqueeze(1)
+        positions, lengths = positions
+        inv_freq = self.dynamic_inv_freq[(lengths - self.dynamic[0]).clamp(min=0)]
+        angles = positions[:, None].float() * inv_freq
+        cos, sin = angles.cos() * self.scaling, angles.sin() * self.scaling
+        return (torch.cat((cos, cos), dim=-1).to(dtype).unsqueeze(1),
+                torch.cat((-sin, sin), dim=-1).to(dtype).unsqueeze(1))
 
     @staticmethod
     def apply(cos_sin: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
