@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from schemathesis import GenerationMode
 
 from folo_core import LLM, SamplingParams
-from test_server import MODEL, idle, running_server, wait_for_metrics
+from test_server import IN_PROCESS, MODEL, idle, running_server, wait_for_metrics
 
 EXAMPLES_PER_OPERATION = 25  # per generation mode: about a minute for the whole API
 
@@ -30,7 +30,7 @@ EXAMPLES_PER_OPERATION = 25  # per generation mode: about a minute for the whole
 def fuzz_server(tiny_chat_model_dir, tmp_path_factory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("fuzz") / "server.log"
     # A short model length keeps any fuzzed max_tokens cheap.
-    with running_server(tiny_chat_model_dir, log, "--max-model-len", "96") as url:
+    with running_server(tiny_chat_model_dir, log, IN_PROCESS, "--max-model-len", "96") as url:
         yield url
 
 

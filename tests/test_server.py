@@ -21,6 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 MODEL = "tiny-qwen3"
 API_KEY = "sk-folo-test"
 ENGINE_FLAGS = ["--max-model-len", "1024", "--num-gpu-blocks-override", "512"]
+# Servers whose tests are about the HTTP layer keep the engine core on the server's thread (about
+# 4 s less start-up each); the default core process is served by ``server`` below, the SIGTERM
+# test and the data-parallel server.
+IN_PROCESS = "--engine-core-in-process"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -77,7 +81,7 @@ def server(tiny_chat_model_dir, tmp_path_factory) -> Iterator[str]:
 def guarded_server(tiny_chat_model_dir, tmp_path_factory) -> Iterator[str]:
     """API key on, one running request at most and one waiting: easy to overload."""
     log = tmp_path_factory.mktemp("serve-guarded") / "server.log"
-    with running_server(tiny_chat_model_dir, log, "--api-key", API_KEY, "--max-num-seqs", "1",
+    with running_server(tiny_chat_model_dir, log, IN_PROCESS, "--api-key", API_KEY, "--max-num-seqs", "1",
                         "--max-waiting-requests", "1") as url:
         yield url
 

@@ -15,21 +15,21 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from test_server import MODEL, running_server, server_process, wait_for_metrics, idle
+from test_server import IN_PROCESS, MODEL, running_server, server_process, wait_for_metrics, idle
 
 LONG = ["--max-model-len", "4096"]  # a prompt cap of 4096 x 128 x 4 = 2.1M characters (Qwen3 tokenizer)
 
 
 @pytest.fixture(scope="module")
 def server(tiny_chat_model_dir, tmp_path_factory) -> Iterator[str]:
-    with running_server(tiny_chat_model_dir, tmp_path_factory.mktemp("hard") / "server.log", *LONG) as url:
+    with running_server(tiny_chat_model_dir, tmp_path_factory.mktemp("hard") / "server.log", IN_PROCESS, *LONG) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def trusting_server(tiny_chat_model_dir, tmp_path_factory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("hard-trust") / "server.log"
-    with running_server(tiny_chat_model_dir, log, "--trust-request-chat-template",
+    with running_server(tiny_chat_model_dir, log, IN_PROCESS, "--trust-request-chat-template",
                         "--max-request-body-bytes", "65536") as url:
         yield url
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from test_server import MODEL, running_server
+from test_server import IN_PROCESS, MODEL, running_server
 
 
 class City(BaseModel):
@@ -23,7 +23,7 @@ class City(BaseModel):
 
 @pytest.fixture(scope="module")
 def server(smollm2_path, tmp_path_factory) -> Iterator[str]:
-    with running_server(smollm2_path, tmp_path_factory.mktemp("serve-so") / "server.log") as url:
+    with running_server(smollm2_path, tmp_path_factory.mktemp("serve-so") / "server.log", IN_PROCESS) as url:
         yield url
 
 

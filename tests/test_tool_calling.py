@@ -12,7 +12,7 @@ import pytest
 
 from folo_plugins.tool_parsers.hermes import HermesToolParser
 from folo_plugins.tool_parsers.llama3_json import Llama3JsonToolParser
-from test_server import MODEL, running_server
+from test_server import IN_PROCESS, MODEL, running_server
 
 WEATHER = {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
            "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["celsius", "fahrenheit"]}}}
@@ -57,7 +57,7 @@ def test_llama3_json_parser_reads_semicolon_separated_calls():
 @pytest.fixture(scope="module")
 def server(smollm2_path, tmp_path_factory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("serve-tools") / "server.log"
-    with running_server(smollm2_path, log, "--tool-call-parser", "hermes", "--enable-auto-tool-choice") as url:
+    with running_server(smollm2_path, log, IN_PROCESS, "--tool-call-parser", "hermes", "--enable-auto-tool-choice") as url:
         yield url
 
 
@@ -160,7 +160,7 @@ def test_bad_tool_requests_are_400(server, body, needle):
 
 
 def test_auto_without_a_parser_is_400(tiny_chat_model_dir, tmp_path):
-    with running_server(tiny_chat_model_dir, tmp_path / "server.log") as url:
+    with running_server(tiny_chat_model_dir, tmp_path / "server.log", IN_PROCESS) as url:
         response = httpx.post(f"{url}/v1/chat/completions", timeout=60,
                               json={"model": MODEL, "messages": ASK, "tools": TOOLS, "tool_choice": "auto"})
     assert response.status_code == 400
