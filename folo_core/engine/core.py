@@ -49,6 +49,7 @@ class EngineCore(EngineCoreClient):
         self.scheduler = picks.scheduler.impl(config.scheduler, config.cache, self.kv_cache_manager)
         self.selected = picks.summary()
         self.enable_prefix_caching = enable_caching
+        self.dynamic_rope = dynamic_rope_scaling(config.model.hf_config)  # (original length, factor) or None
         self.structured_output_manager = StructuredOutputManager(
             plugins.registry("structured_output_backend"), config.model.structured_outputs_backend, picks.ctx,
             tokenizer, config.model.hf_config.vocab_size)
@@ -76,8 +77,7 @@ class EngineCore(EngineCoreClient):
         max_tokens = max(1, limit - n)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
-        dynamic_rope = dynamic_rope_scaling(self.config.model.hf_config)
-        if dynamic_rope is not None and n > dynamic_rope[0]:
+        if self.dynamic_rope is not None and n > self.dynamic_rope[0]:
             # Dynamic NTK rotary turns such a prompt's keys with its own length's base, so its
             # cached blocks can serve only prompts of the same length.
             cache_salt = f"{cache_salt or ''}\0dynamic rope, prompt of {n} tokens"

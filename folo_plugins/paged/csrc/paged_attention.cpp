@@ -54,13 +54,6 @@ inline V load(const c10::BFloat16* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 inline V load(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
-// Any other element type (float64) element by element.
-template <typename T>
-inline V load(const T* p) {
-  float wide[W];
-  for (int64_t i = 0; i < W; ++i) wide[i] = static_cast<float>(p[i]);
-  return load(static_cast<const float*>(wide));
-}
 inline V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
 inline float sum(V v) { return _mm512_reduce_add_ps(v); }
 inline void store(float* p, V v) { _mm512_storeu_ps(p, v); }
@@ -75,13 +68,6 @@ inline V load(const c10::BFloat16* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
 }
 inline V load(const c10::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-// Any other element type (float64) element by element.
-template <typename T>
-inline V load(const T* p) {
-  float wide[W];
-  for (int64_t i = 0; i < W; ++i) wide[i] = static_cast<float>(p[i]);
-  return load(static_cast<const float*>(wide));
-}
 inline V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
 inline float sum(V v) {
   const __m128 pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -94,12 +80,18 @@ constexpr int64_t W = 1;
 using V = float;
 inline V zero() { return 0.f; }
 inline V broadcast(float x) { return x; }
-template <typename T>
-inline V load(const T* p) { return static_cast<float>(*p); }
+inline V load(const float* p) { return *p; }
 inline V fma(V a, V b, V c) { return a * b + c; }
 inline float sum(V v) { return v; }
 inline void store(float* p, V v) { *p = v; }
 #endif
+// Every other element type (float64; bf16 and fp16 in the scalar build) through float32.
+template <typename T>
+inline V load(const T* p) {
+  float wide[W];
+  for (int64_t i = 0; i < W; ++i) wide[i] = static_cast<float>(p[i]);
+  return load(static_cast<const float*>(wide));
+}
 }  // namespace simd
 
 // Query heads of a GQA group handled together: each key or value vector loaded is used by
