@@ -44,6 +44,7 @@ constexpr int64_t kTile = 16;  // output features per vector
 constexpr int kMaxRows = 6;    // rows of x per microkernel call
 constexpr int kMaxTiles = 4;   // tiles per microkernel call
 constexpr int64_t kPanelRows = 96;  // rows of x kept in L2 while the weight streams
+constexpr int64_t kAmxPanelRows = 256;  // the same on the tile unit, whose blocks are 32 rows
 
 template <int MR, int NT>
 void microkernel(const uint16_t* x, int64_t x_stride, const uint16_t* w, int64_t k_pairs,
@@ -130,6 +131,9 @@ void configure_tiles(int rows0, int rows1) {
     cfg.rows[6 + i] = kAmxKPairs;
     cfg.colsb[6 + i] = 64;
   }
+  // GCC does not see that ldtilecfg reads the struct and may drop the stores above
+  // (it did once configure_tiles was inlined into a small caller): a compiler barrier.
+  asm volatile("" : : "r"(&cfg) : "memory");
   _tile_loadconfig(&cfg);
 }
 
@@ -176,31 +180,45 @@ void store_block(const float* c, int64_t rows, int64_t tiles, const float* bias,
     }
 }
 
-// Rows [begin_row, end_row) by tiles [t_begin, t_end), blocks of 32 rows x 2 tiles.
+// One block of `rows` (1-32) rows of x by one or two feature tiles, stored to y.
+void amx_block_rows(const uint16_t* x, int64_t x_stride, const uint16_t* w, int64_t k_pairs, bool two_tiles,
+                    int64_t rows, float* c, const float* bias, uint16_t* y, int64_t y_stride) {
+  if (rows > 16)
+    two_tiles ? amx_block<true, true>(x, x_stride, w, k_pairs, c) : amx_block<true, false>(x, x_stride, w, k_pairs, c);
+  else
+    two_tiles ? amx_block<false, true>(x, x_stride, w, k_pairs, c) : amx_block<false, false>(x, x_stride, w, k_pairs, c);
+  store_block(c, rows, two_tiles ? 2 : 1, bias, y, y_stride);
+}
+
+void configure_rows(int64_t rows) {
+  const int rows0 = static_cast<int>(std::min<int64_t>(16, rows));
+  configure_tiles(rows0, static_cast<int>(std::max<int64_t>(rows - rows0, 1)));
+}
+
+// Rows [begin_row, end_row) by tiles [t_begin, t_end). Tiles go outermost, two at a
+// time, and every 32-row block of the panel runs under them, so the weight streams
+// from memory once per panel and its tiles are reread from L1 (row blocks inner
+// made the weight stream once per 32 rows: SmolLM2's LM head at 128 rows took 4x
+// its 32-row time). A partial last block gets its own tile shape.
 void amx_rows(const uint16_t* x, int64_t x_stride, const uint16_t* w, int64_t k_pairs, int64_t t_begin,
               int64_t t_end, int64_t begin_row, int64_t end_row, const float* bias, uint16_t* y, int64_t y_stride) {
   alignas(64) float c[32 * 32];
-  const int64_t tile_elems = k_pairs * kTile * 2;
-  int configured = -1;
-  for (int64_t r = begin_row; r < end_row; r += 32) {
-    const int64_t rows = std::min<int64_t>(32, end_row - r);
-    const int rows0 = static_cast<int>(std::min<int64_t>(16, rows)), rows1 = static_cast<int>(rows - rows0);
-    if (configured != rows0 * 32 + rows1) {
-      configure_tiles(rows0, std::max(rows1, 1));
-      configured = rows0 * 32 + rows1;
-    }
-    for (int64_t t = t_begin; t < t_end; t += 2) {
-      const bool two_tiles = t + 1 < t_end;
-      const uint16_t* xr = x + r * x_stride;
-      const uint16_t* wt = w + t * tile_elems;
-      if (rows1 > 0)
-        two_tiles ? amx_block<true, true>(xr, x_stride, wt, k_pairs, c)
-                  : amx_block<true, false>(xr, x_stride, wt, k_pairs, c);
-      else
-        two_tiles ? amx_block<false, true>(xr, x_stride, wt, k_pairs, c)
-                  : amx_block<false, false>(xr, x_stride, wt, k_pairs, c);
-      store_block(c, rows, two_tiles ? 2 : 1, bias == nullptr ? nullptr : bias + t * kTile,
-                  y + r * y_stride + t * kTile, y_stride);
+  const int64_t tile_elems = k_pairs * kTile * 2, rows = end_row - begin_row;
+  const int64_t full_end = begin_row + rows / 32 * 32, tail = end_row - full_end;
+  const bool full_blocks = full_end > begin_row;
+  if (full_blocks) configure_rows(32);
+  for (int64_t t = t_begin; t < t_end; t += 2) {
+    const bool two_tiles = t + 1 < t_end;
+    const uint16_t* wt = w + t * tile_elems;
+    const float* bt = bias == nullptr ? nullptr : bias + t * kTile;
+    for (int64_t r = begin_row; r < full_end; r += 32)
+      amx_block_rows(x + r * x_stride, x_stride, wt, k_pairs, two_tiles, 32, c, bt, y + r * y_stride + t * kTile,
+                     y_stride);
+    if (tail > 0) {
+      if (full_blocks || t == t_begin) configure_rows(tail);
+      amx_block_rows(x + full_end * x_stride, x_stride, wt, k_pairs, two_tiles, tail, c, bt,
+                     y + full_end * y_stride + t * kTile, y_stride);
+      if (full_blocks) configure_rows(32);
     }
   }
   _tile_release();
@@ -248,8 +266,9 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& packed, const std:
   const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
   auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr());
   const int64_t x_stride = xin.size(1), tile_elems = k_pairs * kTile * 2;
-  // Threads take contiguous runs of tiles. Rows go in panels of kPanelRows, so a
-  // panel of x stays in L2 while the thread's tiles stream past it once.
+  // Threads take contiguous runs of tiles. Rows go in panels (kPanelRows, or
+  // kAmxPanelRows on the tile unit), so a panel of x stays in L2 while the thread's
+  // tiles stream past it once.
 #ifdef FOLO_HAVE_AMX
   // From 4 rows on every row goes to the tile unit (a partial tile is still faster
   // than the vector path: 10 against 17 ms for SmolLM2's linears at 8 rows); a K
@@ -259,8 +278,9 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& packed, const std:
   [[maybe_unused]] constexpr bool use_amx = false;
 #endif
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t panel = 0; panel < m; panel += kPanelRows) {
-      const int64_t panel_end = std::min(m, panel + kPanelRows);
+    const int64_t panel_rows = use_amx ? kAmxPanelRows : kPanelRows;
+    for (int64_t panel = 0; panel < m; panel += panel_rows) {
+      const int64_t panel_end = std::min(m, panel + panel_rows);
 #ifdef FOLO_HAVE_AMX
       if (use_amx) {
         amx_rows(xp, x_stride, wp, k_pairs, begin, end, panel, panel_end, bp, yp, padded_n);
