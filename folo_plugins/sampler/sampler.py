@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from folo_core.kernels.argmax import argmax
 from folo_core.sample.interface import Sampler, SamplerOutput
 from folo_core.sample.logprobs import compute_logprobs
 from folo_core.sample.metadata import SamplingMetadata
@@ -119,7 +120,7 @@ class DefaultSampler(Sampler):
     def __call__(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
         raw_logits = logits if md.max_num_logprobs is not None else None
         logits = self._constrained(logits, md)
-        greedy = None if md.all_random else logits.argmax(dim=-1)
+        greedy = None if md.all_random else argmax(logits)
         if md.all_greedy:
             sampled = greedy
         else:
@@ -134,7 +135,7 @@ class DefaultSampler(Sampler):
 
     def target_probs(self, logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
         logits = self._constrained(logits, md)
-        greedy = torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[1]).float()
+        greedy = torch.nn.functional.one_hot(argmax(logits), logits.shape[1]).float()
         if md.all_greedy:
             return greedy
         probs = self._random_probs(logits, md)
