@@ -142,3 +142,28 @@ def test_cpu_kernel_matches_the_reference_math(heads, kv_heads, head_size, dtype
                                                         head_size ** -0.5, window, cap)
         expected = reference_decode(q, key_cache, value_cache, block_table, seq_lens, head_size ** -0.5, window, cap)
         torch.testing.assert_close(out.float(), expected, atol=atol, rtol=0)
+
+
+@pytest.mark.skipif(not cpu_decode_kernel_available(), reason="no C++ compiler for the CPU kernel")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cpu_cache_write_matches_index_copy(dtype: torch.dtype) -> None:
+    """``write_kv``'s C++ row copy leaves both caches exactly as ``write_to_kv_cache`` does, for
+    keys that are strided views of a fused QKV output and for float32 keys into a lower-precision
+    cache; a slot outside the cache is an error, not a stray write."""
+    from folo_core.attention.ops import write_to_kv_cache
+    from folo_plugins.paged.attention import write_kv
+
+    gen = torch.Generator().manual_seed(3)
+    blocks, block_size, kv_heads, head = 6, 4, 3, 8
+    kv_cache = torch.randn(2, blocks, block_size, kv_heads, head, generator=gen).to(dtype)
+    expected = kv_cache.clone()
+    qkv = torch.randn(5, (4 + 2 * kv_heads) * head, generator=gen)  # 4 query heads, then K, then V
+    key = qkv[:, 4 * head:(4 + kv_heads) * head].view(5, kv_heads, head)
+    value = qkv[:, (4 + kv_heads) * head:].view(5, kv_heads, head)
+    slots = torch.tensor([23, 0, 7, 12, 5])
+    for src_key, src_value in ((key.to(dtype), value.to(dtype)), (key, value)):
+        write_to_kv_cache(*expected.unbind(0), src_key, src_value, slots)
+        write_kv(*kv_cache.unbind(0), src_key, src_value, slots)
+        assert torch.equal(kv_cache, expected)
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        write_kv(*kv_cache.unbind(0), key.to(dtype), value.to(dtype), torch.tensor([0, 1, 2, 3, 24]))

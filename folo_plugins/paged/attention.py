@@ -41,6 +41,17 @@ def cpu_decode_kernel_available() -> bool:
     return load_cpp_ops(_KERNEL_SOURCE)
 
 
+def write_kv(key_cache: torch.Tensor, value_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """``write_to_kv_cache`` by the C++ row copy where it is built: ``index_copy_`` took about
+    85 us a call for a 128-token decode step's keys, two calls a layer."""
+    if key.device.type != "cpu" or not cpu_decode_kernel_available():
+        write_to_kv_cache(key_cache, value_cache, key, value, slot_mapping)
+        return
+    torch.ops.folo_cpu.reshape_and_cache(key.to(key_cache.dtype), value.to(value_cache.dtype), key_cache,
+                                         value_cache, slot_mapping)
+
+
 @dataclass
 class DecodeBucket:
     """Decode tokens attended in one call: every one of the step through the C++ kernel, or,
@@ -157,7 +168,7 @@ class PagedSDPAImpl(AttentionImpl):
                 kv_cache: torch.Tensor, attn_metadata: PagedSDPAMetadata) -> torch.Tensor:
         md = attn_metadata
         key_cache, value_cache = PagedSDPABackend.split_kv_cache(kv_cache)
-        write_to_kv_cache(key_cache, value_cache, key, value, md.common.slot_mapping)
+        write_kv(key_cache, value_cache, key, value, md.common.slot_mapping)
         buckets = md.decode_buckets
         # The SDPA fallback's gathered slots start at position 0 and SDPA has no score hook: a
         # windowed or soft-capped layer attends those tokens one by one instead.

@@ -5,6 +5,7 @@
 // AVX2 vectors, widened to float32 as they load; scores and softmax in float32, the GQA
 // group's queries sharing every key/value load. With a soft cap C
 // (Gemma 2), each scaled score s becomes C * tanh(s / C) before the softmax.
+// The same library holds the cache write (reshape_and_cache, at the end).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -254,11 +255,54 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& key
   return out;
 }
 
+// Store each new token's key and value at its cache slot (vLLM's reshape_and_cache).
+// Why not index_copy_: for a decode step's 128 tokens of 3 x 64 bf16 it took about
+// 85 us a call, two calls a layer; this is a row copy per token. A slot's row is
+// contiguous in both caches ([num_blocks, block_size, kv_heads, head_size], the
+// first two dimensions flattened); key and value may be strided views by token.
+void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor key_cache, at::Tensor value_cache,
+                       const at::Tensor& slot_mapping) {
+  TORCH_CHECK(key.dim() == 3 && value.sizes() == key.sizes() && key_cache.dim() == 4 &&
+                  value_cache.sizes() == key_cache.sizes(), "reshape_and_cache: bad shapes");
+  TORCH_CHECK(key.size(1) == key_cache.size(2) && key.size(2) == key_cache.size(3), "reshape_and_cache: head shapes differ");
+  TORCH_CHECK(key.scalar_type() == key_cache.scalar_type() && value.scalar_type() == key_cache.scalar_type() &&
+                  value_cache.scalar_type() == key_cache.scalar_type(), "reshape_and_cache: dtypes differ");
+  TORCH_CHECK(slot_mapping.scalar_type() == at::kLong && slot_mapping.size(0) == key.size(0),
+              "reshape_and_cache: one int64 slot per token");
+  const int64_t row = key.size(1) * key.size(2), slots = key_cache.size(0) * key_cache.size(1);
+  for (const at::Tensor* cache : {&key_cache, &value_cache})
+    TORCH_CHECK(cache->stride(3) == 1 && cache->stride(2) == key.size(2) && cache->stride(1) == row &&
+                    cache->stride(0) == row * key_cache.size(1), "reshape_and_cache: cache blocks not contiguous");
+  const at::Tensor k = key.stride(2) == 1 && key.stride(1) == key.size(2) ? key : key.contiguous();
+  const at::Tensor v = value.stride(2) == 1 && value.stride(1) == value.size(2) ? value : value.contiguous();
+  const at::Tensor slot = slot_mapping.contiguous();
+  const int64_t* sp = slot.data_ptr<int64_t>();
+  const int64_t tokens = key.size(0), bytes = row * key.element_size();
+  for (int64_t t = 0; t < tokens; ++t)
+    TORCH_CHECK(sp[t] >= 0 && sp[t] < slots, "reshape_and_cache: slot ", sp[t], " outside the cache");
+  const auto* kp = static_cast<const char*>(k.data_ptr());
+  const auto* vp = static_cast<const char*>(v.data_ptr());
+  auto* kc = static_cast<char*>(key_cache.data_ptr());
+  auto* vc = static_cast<char*>(value_cache.data_ptr());
+  const int64_t k_stride = k.stride(0) * k.element_size(), v_stride = v.stride(0) * v.element_size();
+  at::parallel_for(0, tokens, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      std::memcpy(kc + sp[t] * bytes, kp + t * k_stride, bytes);
+      std::memcpy(vc + sp[t] * bytes, vp + t * v_stride, bytes);
+    }
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(folo_cpu, m) {
   m.def("paged_decode_attention(Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_table, "
         "Tensor seq_lens, float scale, int window, float soft_cap) -> Tensor");
+  m.def("reshape_and_cache(Tensor key, Tensor value, Tensor(a!) key_cache, Tensor(b!) value_cache, "
+        "Tensor slot_mapping) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(folo_cpu, CPU, m) { m.impl("paged_decode_attention", &paged_decode_attention); }
+TORCH_LIBRARY_IMPL(folo_cpu, CPU, m) {
+  m.impl("paged_decode_attention", &paged_decode_attention);
+  m.impl("reshape_and_cache", &reshape_and_cache);
+}
