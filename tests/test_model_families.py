@@ -141,6 +141,30 @@ def test_longrope_table_matches_hf_position_by_position():
     assert torch.equal(short_only.cos[:48], ours.cos[:48]) and not torch.allclose(short_only.cos[48:], ours.cos[48:])
 
 
+def test_dynamic_rope_angles_match_hf_per_length_without_a_position_table():
+    """Under dynamic NTK, cos/sin for (position, length) pairs are what HF computes for a sequence of
+    that length; plain positions p count as length p + 1; no table by position is built."""
+    from transformers import AutoConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from folo_models.layers.rotary_embedding import RotaryEmbedding
+
+    cfg = AutoConfig.for_model("llama", hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **DYNAMIC)
+    ours = RotaryEmbedding(cfg, 16, 192)
+    assert not hasattr(ours, "cos") and not hasattr(ours, "sin_signed")
+    x = torch.zeros(1, 1, 16)
+    for position, length in ((0, 1), (30, 48), (47, 100), (60, 61), (150, 192)):
+        hf = LlamaRotaryEmbedding(cfg)
+        hf(x, torch.arange(length)[None])  # grows HF's base for a sequence of this length
+        cos, sin = hf(x, torch.tensor([[position]]))
+        got_cos, got_sin = ours.cos_sin(torch.tensor([[position], [length]]), torch.float32)
+        torch.testing.assert_close(got_cos[0, 0], cos[0, 0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(got_sin[0, 0, 8:], sin[0, 0, 8:], rtol=0, atol=1e-6)
+    plain = ours.cos_sin(torch.tensor([5, 99]), torch.float32)
+    paired = ours.cos_sin(torch.tensor([[5, 99], [6, 100]]), torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(plain, paired))
+
+
 def test_a_fused_checkpoint_tensor_loads_like_its_shards():
     """Phi-3's fused qkv_proj tensor splits into its shards: loaded whole, it gives the weights the
     split names Llama uses give (``test_tensor_parallel`` runs Phi-3 on two ranks too)."""

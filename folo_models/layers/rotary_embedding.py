@@ -96,12 +96,14 @@ class RotaryEmbedding(nn.Module):
         if self.rotary_dim % 2 or not 0 < self.rotary_dim <= head_dim:
             raise CheckpointError(f"partial_rotary_factor {factor} gives {self.rotary_dim} rotary dimensions "
                                   f"of {head_dim}; needs an even number, at least 2")
-        angles, scaling = _angles(hf_config, self.rotary_dim, max_position, layer_type)
-        self.scaling = scaling
         self.dynamic = dynamic_rope_scaling(hf_config) if layer_type is None else None
-        if self.dynamic is not None:
+        if self.dynamic is not None:  # angles per step from these: no table by position
+            self.scaling = _inv_freq(hf_config, self.rotary_dim, layer_type)[1]
             self.register_buffer("dynamic_inv_freq", _dynamic_inv_freq(hf_config, self.dynamic[0], max_position),
                                  persistent=False)
+            return
+        angles, scaling = _angles(hf_config, self.rotary_dim, max_position, layer_type)
+        self.scaling = scaling
         self.register_buffer("cos", torch.cat((angles, angles), dim=-1).cos() * scaling, persistent=False)
         sin = angles.sin() * scaling
         self.register_buffer("sin_signed", torch.cat((-sin, sin), dim=-1), persistent=False)
@@ -109,10 +111,11 @@ class RotaryEmbedding(nn.Module):
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The step's tables, looked up once and shared by every layer: [T, 1, rotary_dim] each.
         Under dynamic NTK ``positions`` is [2, T] (positions, sequence lengths) and the angles are
-        computed for the step from each length's frequencies."""
-        if positions.dim() == 1:
+        computed for the step from each length's frequencies (plain positions p count as length
+        p + 1, a generated token's rule)."""
+        if self.dynamic is None:
             return self.cos[positions].to(dtype).unsqueeze(1), self.sin_signed[positions].to(dtype).unsqueeze(1)
-        positions, lengths = positions
+        positions, lengths = positions if positions.dim() == 2 else (positions, positions + 1)
         inv_freq = self.dynamic_inv_freq[(lengths - self.dynamic[0]).clamp(min=0)]
         angles = positions[:, None].float() * inv_freq
         cos, sin = angles.cos() * self.scaling, angles.sin() * self.scaling
