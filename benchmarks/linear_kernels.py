@@ -8,6 +8,7 @@ second:
 
     python benchmarks/linear_kernels.py                      # SmolLM2-135M shapes
     python benchmarks/linear_kernels.py --hidden 896 --intermediate 4864 --heads 14 --kv-heads 2 --layers 24
+    python benchmarks/linear_kernels.py --lm-head 49152 --methods folo_bf16 --kernel-source OLD.cpp
 
 Candidates: ``aten`` (``F.linear``, what eager runs), ``mm_t`` (``torch.mm`` on
 a pre-transposed weight), ``mkldnn`` (oneDNN prepacked weight,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -93,9 +95,16 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--methods", nargs="+", default=["aten", "mm_t", "mkldnn", "mkl", "folo_bf16", "int8"])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--lm-head", type=int, default=0, metavar="VOCAB",
+                        help="Time the LM head [VOCAB, hidden] alone instead of the decoder's linears.")
+    parser.add_argument("--kernel-source", type=Path, default=None,
+                        help="Another version of csrc/bf16_linear.cpp for folo_bf16 (one per process).")
     args = parser.parse_args()
+    if args.kernel_source is not None:
+        bf16_linear._SOURCE = args.kernel_source  # before the first build: the op name is the same
 
-    shapes = layer_shapes(args.hidden, args.intermediate, args.heads, args.kv_heads, args.head_dim) * args.layers
+    shapes = ([(args.lm_head, args.hidden)] if args.lm_head else
+              layer_shapes(args.hidden, args.intermediate, args.heads, args.kv_heads, args.head_dim) * args.layers)
     print(f"CPU: {cpu_isa_summary()}, threads={torch.get_num_threads()}, {len(shapes)} linears, "
           f"torch {torch.__version__}")
     print("| dtype | method | " + " | ".join(f"M={m} ms (GB/s)" for m in args.rows) + " |")
