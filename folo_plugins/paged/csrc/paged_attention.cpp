@@ -1,9 +1,9 @@
 // Paged decode attention for CPU: one query token per request, read through the block table.
 //
 // Each (request, kv head) pair is one task: its keys and values are read straight from the
-// cache blocks (no gathered copy, no padding to the longest request) with explicit AVX-512 or
-// AVX2 vectors, widened to float32 as they load; scores and softmax in float32, the GQA
-// group's queries sharing every key/value load. With a soft cap C
+// cache blocks (no gathered copy, no padding to the longest request), up to 32 rows at a time
+// widened to float32 into an L1 buffer, then worked on with explicit AVX-512 or AVX2 vectors;
+// scores and softmax in float32, the GQA group's queries sharing every key/value row. With a soft cap C
 // (Gemma 2), each scaled score s becomes C * tanh(s / C) before the softmax.
 // The same library holds the cache write (reshape_and_cache, at the end).
 #include <ATen/Dispatch.h>
@@ -45,7 +45,7 @@ inline float exp_nonpositive(float x) {
 // AVX2 the "vector" is one float and every loop below is plain scalar code.
 namespace simd {
 #if defined(__AVX512F__)
-constexpr int64_t W = 16;
+constexpr int64_t W = 16, kRegs = 32;  // lanes, vector registers
 using V = __m512;
 inline V zero() { return _mm512_setzero_ps(); }
 inline V broadcast(float x) { return _mm512_set1_ps(x); }
@@ -56,10 +56,19 @@ inline V load(const c10::BFloat16* p) {
 }
 inline V load(const c10::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 inline V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+inline V add(V a, V b) { return _mm512_add_ps(a, b); }
 inline float sum(V v) { return _mm512_reduce_add_ps(v); }
+// out[0..3] = the sums of a, b, c and d: pairs interleaved and added, then the four 128-bit lanes.
+inline void sum4(V a, V b, V c, V d, float* out) {
+  const V ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));  // a b a b per lane
+  const V cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  const V abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xEE));  // a b c d
+  const __m256 half = _mm256_add_ps(_mm512_castps512_ps256(abcd), _mm512_extractf32x8_ps(abcd, 1));
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1)));
+}
 inline void store(float* p, V v) { _mm512_storeu_ps(p, v); }
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-constexpr int64_t W = 8;
+constexpr int64_t W = 8, kRegs = 16;
 using V = __m256;
 inline V zero() { return _mm256_setzero_ps(); }
 inline V broadcast(float x) { return _mm256_set1_ps(x); }
@@ -70,6 +79,14 @@ inline V load(const c10::BFloat16* p) {
 }
 inline V load(const c10::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 inline V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+inline V add(V a, V b) { return _mm256_add_ps(a, b); }
+// out[0..3] = the sums of a, b, c and d: pairs interleaved and added, then the two 128-bit lanes.
+inline void sum4(V a, V b, V c, V d, float* out) {
+  const V ab = _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+  const V cd = _mm256_add_ps(_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+  const V abcd = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, 0x44), _mm256_shuffle_ps(ab, cd, 0xEE));
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+}
 inline float sum(V v) {
   const __m128 pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 two = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
@@ -77,13 +94,15 @@ inline float sum(V v) {
 }
 inline void store(float* p, V v) { _mm256_storeu_ps(p, v); }
 #else
-constexpr int64_t W = 1;
+constexpr int64_t W = 1, kRegs = 16;
 using V = float;
 inline V zero() { return 0.f; }
 inline V broadcast(float x) { return x; }
 inline V load(const float* p) { return *p; }
 inline V fma(V a, V b, V c) { return a * b + c; }
+inline V add(V a, V b) { return a + b; }
 inline float sum(V v) { return v; }
+inline void sum4(V a, V b, V c, V d, float* out) { out[0] = a, out[1] = b, out[2] = c, out[3] = d; }
 inline void store(float* p, V v) { *p = v; }
 #endif
 // Every other element type (float64; bf16 and fp16 in the scalar build) through float32.
@@ -95,20 +114,98 @@ inline V load(const T* p) {
 }
 }  // namespace simd
 
-// Query heads of a GQA group handled together: each key or value vector loaded is used by
-// all of them. The tile size is a template argument, so their accumulators are registers.
+// Query heads of a GQA group handled together: each key or value row loaded is used by all
+// of them. The tile size is a template argument, so their accumulators are registers.
 constexpr int64_t kGroupTile = 8;
+// Cache rows are widened to float32 this many at a time into a per-thread buffer (16 KB at
+// head size 128), so a block of any size is worked on from L1.
+constexpr int64_t kChunkRows = 32;
 
-// Calls f(t, row) for the positions [first, end) of one request and KV head, a cache block at
-// a time (one block-table read per block), t counting from 0 at ``first``.
+// Calls f(row, n, t) for the positions [first, end) of one request and KV head in runs of at
+// most kChunkRows positions inside one cache block (one block-table read per block): the run's
+// first row, its length, and its index counting from 0 at ``first``.
 template <typename scalar_t, typename F>
-inline void for_each_token(const scalar_t* cache, const int32_t* blocks, int64_t block_size, int64_t blk_stride,
-                           int64_t tok_stride, int64_t first, int64_t end, F&& f) {
-  for (int64_t pos = first; pos < end;) {
-    const int64_t offset = pos % block_size, n = std::min(block_size - offset, end - pos);
-    const scalar_t* row = cache + blocks[pos / block_size] * blk_stride + offset * tok_stride;
-    for (int64_t i = 0; i < n; ++i) f(pos - first + i, row + i * tok_stride);
-    pos += n;
+inline void for_each_run(const scalar_t* cache, const int32_t* blocks, int64_t block_size, int64_t blk_stride,
+                         int64_t tok_stride, int64_t first, int64_t end, F&& f) {
+  int64_t block = first / block_size, offset = first % block_size;
+  for (int64_t pos = first; pos < end; ++block, offset = 0) {
+    const scalar_t* base = cache + blocks[block] * blk_stride;
+    for (const int64_t stop = std::min(end, pos - offset + block_size); pos < stop;) {
+      const int64_t n = std::min(kChunkRows, stop - pos);
+      f(base + offset * tok_stride, n, pos - first);
+      pos += n;
+      offset += n;
+    }
+  }
+}
+
+// n cache rows (tok_stride apart) as float32 rows of hp >= head_size elements, zero past
+// head_size: the loops below then run whole vectors with no tails.
+template <typename scalar_t>
+inline void widen_rows(const scalar_t* row, int64_t n, int64_t tok_stride, int64_t head_size, int64_t hp, float* dst) {
+  using simd::W;
+  const int64_t vec_end = head_size / W * W;
+  for (int64_t i = 0; i < n; ++i, row += tok_stride, dst += hp) {
+    for (int64_t d = 0; d < vec_end; d += W) simd::store(dst + d, simd::load(row + d));
+    for (int64_t d = vec_end; d < hp; ++d) dst[d] = d < head_size ? static_cast<float>(row[d]) : 0.f;
+  }
+}
+
+// Scores of G queries (q: [G][hp]) against n widened keys (k: [n][hp]) into s[g * len + i]:
+// four keys at a time per query, so one query load serves four dot products and four
+// horizontal sums share one shuffle tree.
+template <int64_t G>
+inline void qk_run(const float* q, const float* k, int64_t n, int64_t hp, float* s, int64_t len) {
+  using simd::W;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const float* k0 = k + i * hp;
+    for (int64_t g = 0; g < G; ++g) {
+      simd::V a0 = simd::zero(), a1 = simd::zero(), a2 = simd::zero(), a3 = simd::zero();
+      for (int64_t d = 0; d < hp; d += W) {
+        const simd::V qd = simd::load(q + g * hp + d);
+        a0 = simd::fma(qd, simd::load(k0 + d), a0);
+        a1 = simd::fma(qd, simd::load(k0 + hp + d), a1);
+        a2 = simd::fma(qd, simd::load(k0 + 2 * hp + d), a2);
+        a3 = simd::fma(qd, simd::load(k0 + 3 * hp + d), a3);
+      }
+      simd::sum4(a0, a1, a2, a3, s + g * len + i);
+    }
+  }
+  for (; i < n; ++i) {
+    for (int64_t g = 0; g < G; ++g) {
+      simd::V a = simd::zero();
+      for (int64_t d = 0; d < hp; d += W) a = simd::fma(simd::load(q + g * hp + d), simd::load(k + i * hp + d), a);
+      s[g * len + i] = simd::sum(a);
+    }
+  }
+}
+
+// acc[g] += sum_i p[g * len + i] * v[i] over n widened values (v: [n][hp], acc: [G][hp]):
+// one vector-wide slice of the head at a time, its accumulators in registers over the run,
+// two tokens in flight where the registers allow (two FMA chains per query head).
+template <int64_t G>
+inline void pv_run(const float* p, int64_t len, const float* v, int64_t n, int64_t hp, float* acc) {
+  using simd::W;
+  constexpr bool kTwo = 2 * G + 2 <= simd::kRegs;
+  for (int64_t d = 0; d < hp; d += W) {
+    simd::V part[G], part2[G];
+    for (int64_t g = 0; g < G; ++g) part[g] = simd::load(acc + g * hp + d), part2[g] = simd::zero();
+    int64_t i = 0;
+    if constexpr (kTwo) {
+      for (; i + 2 <= n; i += 2) {
+        const simd::V v0 = simd::load(v + i * hp + d), v1 = simd::load(v + (i + 1) * hp + d);
+        for (int64_t g = 0; g < G; ++g) {
+          part[g] = simd::fma(simd::broadcast(p[g * len + i]), v0, part[g]);
+          part2[g] = simd::fma(simd::broadcast(p[g * len + i + 1]), v1, part2[g]);
+        }
+      }
+    }
+    for (; i < n; ++i) {
+      const simd::V vi = simd::load(v + i * hp + d);
+      for (int64_t g = 0; g < G; ++g) part[g] = simd::fma(simd::broadcast(p[g * len + i]), vi, part[g]);
+    }
+    for (int64_t g = 0; g < G; ++g) simd::store(acc + g * hp + d, simd::add(part[g], part2[g]));
   }
 }
 
@@ -122,27 +219,24 @@ struct KVView {
   int64_t first, end;  // the positions attended
 };
 
-// G query heads of one GQA group (queries q, already scaled, [G, head_size] in float32) over
-// one request's context: scores, soft cap, softmax, weighted values, written to out[g] rows.
+// Per-thread scratch: queries and accumulators [kGroupTile][hp], one run of widened rows, the scores.
+struct Scratch {
+  std::vector<float> q, acc, rows, scores;
+  Scratch(int64_t hp) : q(kGroupTile * hp), acc(kGroupTile * hp), rows(kChunkRows * hp) {}
+};
+
+// G query heads of one GQA group (queries already scaled and widened in s.q) over one
+// request's context: scores, soft cap, softmax, weighted values, written to out[g] rows.
 template <int64_t G, typename scalar_t>
-void attend_tile(const float* q, const KVView<scalar_t>& kv, int64_t head_size, float cap, float* scores,
-                 float* acc, scalar_t* const* out) {
-  using simd::W;
-  const int64_t vec_end = head_size / W * W;  // [vec_end, head_size) is a scalar tail
+void attend_tile(const KVView<scalar_t>& kv, int64_t head_size, int64_t hp, float cap, Scratch& s,
+                 scalar_t* const* out) {
   const int64_t len = kv.end - kv.first;
-  for_each_token(kv.keys, kv.blocks, kv.block_size, kv.k_blk, kv.k_tok, kv.first, kv.end,
-                 [&](int64_t t, const scalar_t* k) {
-    simd::V dot[G];
-    for (int64_t g = 0; g < G; ++g) dot[g] = simd::zero();
-    for (int64_t d = 0; d < vec_end; d += W) {
-      const simd::V kd = simd::load(k + d);
-      for (int64_t g = 0; g < G; ++g) dot[g] = simd::fma(simd::load(q + g * head_size + d), kd, dot[g]);
-    }
-    for (int64_t g = 0; g < G; ++g) {
-      float s = simd::sum(dot[g]);
-      for (int64_t d = vec_end; d < head_size; ++d) s += q[g * head_size + d] * static_cast<float>(k[d]);
-      scores[g * len + t] = s;
-    }
+  s.scores.resize(G * len);
+  float* scores = s.scores.data();
+  for_each_run(kv.keys, kv.blocks, kv.block_size, kv.k_blk, kv.k_tok, kv.first, kv.end,
+               [&](const scalar_t* row, int64_t n, int64_t t) {
+    widen_rows(row, n, kv.k_tok, head_size, hp, s.rows.data());
+    qk_run<G>(s.q.data(), s.rows.data(), n, hp, scores + t, len);
   });
   float sums[G];
   for (int64_t g = 0; g < G; ++g) {
@@ -150,46 +244,34 @@ void attend_tile(const float* q, const KVView<scalar_t>& kv, int64_t head_size, 
     if (cap > 0.f) {
       for (int64_t t = 0; t < len; ++t) sg[t] = cap * std::tanh(sg[t] / cap);
     }
-    const float m = *std::max_element(sg, sg + len);
+    float m = -INFINITY;  // a vector max (std::max_element is one serial maxss chain)
+#pragma omp simd reduction(max : m)
+    for (int64_t t = 0; t < len; ++t) m = std::max(m, sg[t]);
     float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t t = 0; t < len; ++t) { sg[t] = exp_nonpositive(sg[t] - m); sum += sg[t]; }
     sums[g] = sum;
   }
-  // One vector-wide slice of the head at a time, its G accumulators in registers across every
-  // token (the request's values stay in L1 between slices).
-  for (int64_t d = 0; d < vec_end; d += W) {
-    simd::V part[G];
-    for (int64_t g = 0; g < G; ++g) part[g] = simd::zero();
-    for_each_token(kv.values, kv.blocks, kv.block_size, kv.v_blk, kv.v_tok, kv.first, kv.end,
-                   [&](int64_t t, const scalar_t* v) {
-      const simd::V vd = simd::load(v + d);
-      for (int64_t g = 0; g < G; ++g) part[g] = simd::fma(simd::broadcast(scores[g * len + t]), vd, part[g]);
-    });
-    for (int64_t g = 0; g < G; ++g) simd::store(acc + g * head_size + d, part[g]);
-  }
-  for (int64_t d = vec_end; d < head_size; ++d) {
-    float part[G] = {};
-    for_each_token(kv.values, kv.blocks, kv.block_size, kv.v_blk, kv.v_tok, kv.first, kv.end,
-                   [&](int64_t t, const scalar_t* v) {
-      for (int64_t g = 0; g < G; ++g) part[g] += scores[g * len + t] * static_cast<float>(v[d]);
-    });
-    for (int64_t g = 0; g < G; ++g) acc[g * head_size + d] = part[g];
-  }
+  std::fill_n(s.acc.data(), G * hp, 0.f);
+  for_each_run(kv.values, kv.blocks, kv.block_size, kv.v_blk, kv.v_tok, kv.first, kv.end,
+               [&](const scalar_t* row, int64_t n, int64_t t) {
+    widen_rows(row, n, kv.v_tok, head_size, hp, s.rows.data());
+    pv_run<G>(scores + t, len, s.rows.data(), n, hp, s.acc.data());
+  });
   for (int64_t g = 0; g < G; ++g) {
     const float inv = 1.f / sums[g];
-    for (int64_t d = 0; d < head_size; ++d) out[g][d] = static_cast<scalar_t>(acc[g * head_size + d] * inv);
+    for (int64_t d = 0; d < head_size; ++d) out[g][d] = static_cast<scalar_t>(s.acc[g * hp + d] * inv);
   }
 }
 
 // attend_tile<tile> for a tile size known only at run time (1..kGroupTile).
 template <typename scalar_t, int64_t G = kGroupTile>
-void attend_tile_n(int64_t tile, const float* q, const KVView<scalar_t>& kv, int64_t head_size, float cap,
-                   float* scores, float* acc, scalar_t* const* out) {
+void attend_tile_n(int64_t tile, const KVView<scalar_t>& kv, int64_t head_size, int64_t hp, float cap, Scratch& s,
+                   scalar_t* const* out) {
   if constexpr (G > 1) {
-    if (tile < G) return attend_tile_n<scalar_t, G - 1>(tile, q, kv, head_size, cap, scores, acc, out);
+    if (tile < G) return attend_tile_n<scalar_t, G - 1>(tile, kv, head_size, hp, cap, s, out);
   }
-  attend_tile<G, scalar_t>(q, kv, head_size, cap, scores, acc, out);
+  attend_tile<G, scalar_t>(kv, head_size, hp, cap, s, out);
 }
 
 template <typename scalar_t>
@@ -207,8 +289,9 @@ void decode_kernel(const at::Tensor& query, const at::Tensor& key_cache, const a
   scalar_t* o_ptr = out.data_ptr<scalar_t>();
   const float fscale = static_cast<float>(scale), cap = static_cast<float>(soft_cap);
 
+  const int64_t hp = (head_size + simd::W - 1) / simd::W * simd::W;
   at::parallel_for(0, num_reqs * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> q(kGroupTile * head_size), acc(kGroupTile * head_size), scores;
+    Scratch scratch(hp);
     scalar_t* rows[kGroupTile];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / num_kv_heads, kh = task % num_kv_heads;
@@ -224,11 +307,11 @@ void decode_kernel(const at::Tensor& query, const at::Tensor& key_cache, const a
         for (int64_t g = 0; g < tile; ++g) {
           const int64_t head = kh * group + g0 + g;
           const scalar_t* src = q_ptr + r * q_stride_r + head * q_stride_h;
-          for (int64_t d = 0; d < head_size; ++d) q[g * head_size + d] = static_cast<float>(src[d]) * fscale;
+          for (int64_t d = 0; d < hp; ++d)
+            scratch.q[g * hp + d] = d < head_size ? static_cast<float>(src[d]) * fscale : 0.f;
           rows[g] = o_ptr + (r * num_heads + head) * head_size;
         }
-        scores.resize(tile * (kv.end - kv.first));
-        attend_tile_n<scalar_t>(tile, q.data(), kv, head_size, cap, scores.data(), acc.data(), rows);
+        attend_tile_n<scalar_t>(tile, kv, head_size, hp, cap, scratch, rows);
       }
     }
   });
