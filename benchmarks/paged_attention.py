@@ -29,20 +29,22 @@ SHAPES = [("smollm2", 9, 3, 64), ("qwen2.5-0.5b", 14, 2, 64)]
 
 
 def time_call(num_reqs: int, context: int, heads: int, kv_heads: int, head_size: int, dtype: torch.dtype,
-              block_size: int, repeats: int) -> float:
+              block_size: int, repeats: int, layers: int) -> float:
     blocks_per_req = -(-context // block_size)
     num_blocks = num_reqs * blocks_per_req
     generator = torch.Generator().manual_seed(0)
-    key_cache = torch.randn(num_blocks, block_size, kv_heads, head_size, generator=generator).to(dtype)
-    value_cache = torch.randn(num_blocks, block_size, kv_heads, head_size, generator=generator).to(dtype)
+    shape = (num_blocks, block_size, kv_heads, head_size)
+    caches = [(torch.randn(shape, generator=generator).to(dtype), torch.randn(shape, generator=generator).to(dtype))
+              for _ in range(layers)]
     block_table = torch.randperm(num_blocks, generator=generator).to(torch.int32).view(num_reqs, blocks_per_req)
     seq_lens = torch.full((num_reqs,), context, dtype=torch.int32)
     query = torch.randn(num_reqs, heads, head_size, generator=generator).to(dtype)
     op = torch.ops.folo_cpu.paged_decode_attention
-    for _ in range(3):
+    for key_cache, value_cache in caches[:3]:
         op(query, key_cache, value_cache, block_table, seq_lens, head_size ** -0.5, 0, 0.0)
     times = []
-    for _ in range(repeats):
+    for i in range(repeats):
+        key_cache, value_cache = caches[i % layers]
         start = time.perf_counter()
         op(query, key_cache, value_cache, block_table, seq_lens, head_size ** -0.5, 0, 0.0)
         times.append(time.perf_counter() - start)
@@ -57,15 +59,19 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["bfloat16", "float32", "float16"], default="bfloat16")
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--layers", type=int, default=1,
+                        help="Caches called in turn, one per layer: 30 makes the KV come from memory, as in a "
+                             "running engine, rather than from the last-level cache.")
     args = parser.parse_args()
     assert load_cpp_ops(args.kernel_source), f"{args.kernel_source} did not build"
     dtype = getattr(torch, args.dtype)
     print(f"{cpu_isa_summary()}; {torch.get_num_threads()} threads; {args.kernel_source.name}; {args.dtype}; "
-          f"context {args.context}")
+          f"context {args.context}; {args.layers} layer caches")
     print(f"{'shape':<14}{'N':>5}{'us/call':>10}{'KV GB/s':>9}")
     for name, heads, kv_heads, head_size in SHAPES:
         for n in args.num_requests:
-            seconds = time_call(n, args.context, heads, kv_heads, head_size, dtype, args.block_size, args.repeats)
+            seconds = time_call(n, args.context, heads, kv_heads, head_size, dtype, args.block_size, args.repeats,
+                                args.layers)
             kv_bytes = 2 * n * args.context * kv_heads * head_size * dtype.itemsize
             print(f"{name:<14}{n:>5}{seconds * 1e6:>10.0f}{kv_bytes / seconds / 1e9:>9.1f}")
 
