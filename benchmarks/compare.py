@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -116,8 +117,10 @@ def gguf_file(model: Path, name: str, dtype: str, llama_cpp_dir: Path) -> Path:
     out = CACHE / f"{name}-{outtype}.gguf"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, str(llama_cpp_dir / "convert_hf_to_gguf.py"), str(model),
-                        "--outtype", outtype, "--outfile", str(out)], check=True, capture_output=True)
+        done = subprocess.run([sys.executable, str(llama_cpp_dir / "convert_hf_to_gguf.py"), str(model),
+                               "--outtype", outtype, "--outfile", str(out)], capture_output=True, text=True)
+        if done.returncode:  # e.g. the converter's own imports (sentencepiece, for Llama vocabularies)
+            raise SystemExit(f"convert_hf_to_gguf.py failed on {model}:\n{done.stderr[-2000:]}")
     return out
 
 
@@ -222,7 +225,7 @@ def plot(results: dict[str, list[dict]], systems: list[str], path: Path, title: 
         ax.set_title(model)
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(textwrap.fill(title, 60 * len(results)), fontsize=9)  # the machine line, wrapped to fit
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
