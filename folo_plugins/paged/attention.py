@@ -174,13 +174,14 @@ class PagedSDPAImpl(AttentionImpl):
         # windowed or soft-capped layer attends those tokens one by one instead.
         per_token = self.sliding_window is not None or self.logits_soft_cap is not None
         if len(buckets) == 1 and buckets[0].token_idx is None and (buckets[0].kernel or not per_token):
-            return self._decode(query, kv_cache, buckets[0])  # a pure decode step
+            return self._decode(query, kv_cache, key_cache, value_cache, buckets[0])  # a pure decode step
         out = query.new_empty(query.shape)
         for bucket in buckets:
             if per_token and not bucket.kernel:
                 self._decode_per_token(query, key_cache, value_cache, bucket, md.common.block_size, out)
             else:
-                out[bucket.token_idx] = self._decode(query[bucket.token_idx], kv_cache, bucket)
+                out[bucket.token_idx] = self._decode(query[bucket.token_idx], kv_cache, key_cache, value_cache,
+                                                     bucket)
         for row, start, end, kv_len in md.prefills:
             out[start:end] = self._attend(query[start:end], key_cache, value_cache,
                                           md.common.block_table[row], kv_len, md.common.block_size)
@@ -217,9 +218,11 @@ class PagedSDPAImpl(AttentionImpl):
             out[t:t + 1] = self._attend(query[t:t + 1], key_cache, value_cache, bucket.block_table[j],
                                         kv_len, block_size)
 
-    def _decode(self, q: torch.Tensor, kv_cache: torch.Tensor, bucket: DecodeBucket) -> torch.Tensor:
+    def _decode(self, q: torch.Tensor, kv_cache: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                bucket: DecodeBucket) -> torch.Tensor:
+        """``key_cache``/``value_cache``: ``kv_cache`` split once by the caller (an unbind is about
+        10 us, once per layer and step)."""
         if bucket.kernel:
-            key_cache, value_cache = PagedSDPABackend.split_kv_cache(kv_cache)
             out = torch.ops.folo_cpu.paged_decode_attention(q.to(key_cache.dtype), key_cache, value_cache,
                                                             bucket.block_table, bucket.seq_lens, self.scale,
                                                             self.sliding_window or 0, self.logits_soft_cap or 0.0)
