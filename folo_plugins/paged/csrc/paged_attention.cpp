@@ -143,11 +143,11 @@ inline void for_each_run(const scalar_t* cache, const int32_t* blocks, int64_t b
   int64_t block = first / block_size, offset = first % block_size;
   for (int64_t pos = first; pos < end; ++block, offset = 0) {
     const scalar_t* base = cache + blocks[block] * blk_stride;
-    const int64_t next_start = pos - offset + block_size;
+    const int64_t next_start = pos - offset + block_size;  // where the next block begins
     if (next_start < end)
       prefetch_block(cache + blocks[block + 1] * blk_stride, std::min(block_size, end - next_start), tok_stride,
                      head_size);
-    for (const int64_t stop = std::min(end, pos - offset + block_size); pos < stop;) {
+    for (const int64_t stop = std::min(end, next_start); pos < stop;) {
       const int64_t n = std::min(kChunkRows, stop - pos);
       f(base + offset * tok_stride, n, pos - first);
       pos += n;
