@@ -15,6 +15,8 @@ a pre-transposed weight), ``mkldnn`` (oneDNN prepacked weight,
 ``torch.ops.mkldnn._linear_pointwise``, what inductor's freezing emits for
 bf16), ``mkl`` (MKL packed sgemm, float32 only, what freezing emits for
 float32), ``folo_bf16`` (Folo's AVX512-BF16 kernel, ``folo_core/kernels/csrc/bf16_linear.cpp``)
+``folo_bf16w`` (Folo's AVX2 kernel: float32 arithmetic over bf16-stored
+weights, ``csrc/bf16w_linear.cpp``, for float32 weights that are bf16 values)
 and ``int8`` (weight-only int8 with per-channel scales,
 ``torch._weight_int8pack_mm``: half the bytes of bf16, not bit-exact).
 """
@@ -30,7 +32,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from folo_core.kernels import bf16_linear
+from folo_core.kernels import bf16_linear, bf16w_linear
 from folo_core.platform import cpu_isa_summary
 
 
@@ -57,6 +59,11 @@ def prepare(method: str, w: torch.Tensor, m: int) -> Callable[[torch.Tensor], to
             raise RuntimeError("needs bf16 and the AVX512-BF16 kernel")
         packed = bf16_linear.pack(w)
         return lambda x: bf16_linear.linear(x, packed, None, w.shape[0])
+    if method == "folo_bf16w":
+        if not bf16w_linear.available() or w.dtype != torch.float32:
+            raise RuntimeError("needs float32 and the AVX2 kernel")
+        packed = bf16w_linear.pack(w)
+        return lambda x: bf16w_linear.linear(x, packed, None, w.shape[0])
     if method == "int8":
         scales = w.float().abs().amax(dim=1).clamp_min(1e-8) / 127
         q = (w.float() / scales[:, None]).round().clamp(-127, 127).to(torch.int8)
@@ -66,7 +73,7 @@ def prepare(method: str, w: torch.Tensor, m: int) -> Callable[[torch.Tensor], to
 
 
 def weight_bytes(method: str, shapes: list[tuple[int, int]], dtype: torch.dtype) -> int:
-    itemsize = 1 if method == "int8" else torch.empty((), dtype=dtype).element_size()
+    itemsize = {"int8": 1, "folo_bf16w": 2}.get(method, torch.empty((), dtype=dtype).element_size())
     return sum(n * k for n, k in shapes) * itemsize
 
 
@@ -93,7 +100,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=30)
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-    parser.add_argument("--methods", nargs="+", default=["aten", "mm_t", "mkldnn", "mkl", "folo_bf16", "int8"])
+    parser.add_argument("--methods", nargs="+", default=["aten", "mm_t", "mkldnn", "mkl", "folo_bf16", "folo_bf16w", "int8"])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--lm-head", type=int, default=0, metavar="VOCAB",
                         help="Time the LM head [VOCAB, hidden] alone instead of the decoder's linears.")
@@ -111,7 +118,8 @@ def main() -> None:
     print("|---|---|" + "---|" * len(args.rows))
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
-        weights = [torch.randn(n, k, dtype=dtype) / k ** 0.5 for n, k in shapes]
+        # bf16 values (as from a bf16 checkpoint), so folo_bf16w may store them in bf16.
+        weights = [(torch.randn(n, k) / k ** 0.5).to(torch.bfloat16).to(dtype) for n, k in shapes]
         for method in args.methods:
             if method == "mkl" and dtype != torch.float32:
                 continue

@@ -10,7 +10,9 @@ float32 (``benchmarks/linear_kernels.py`` has the other candidates and why they
 lost). The packed tensor is opaque (``torch._mkldnn`` layout), so compiled
 graphs reach it through the ``folo::mkldnn_linear`` custom op, never directly.
 Where the CPU has AVX512-BF16, bf16 weights go to Folo's own kernel instead
-(``bf16_linear``), which streams them faster still at decode batch sizes.
+(``bf16_linear``), which streams them faster still at decode batch sizes; on an
+AVX2 CPU, float32 weights that are bf16 values (a bf16 checkpoint run in float32)
+go to ``bf16w_linear``, which stores them in half the bytes.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ import functools
 
 import torch
 
-from folo_core.kernels import bf16_linear
+from folo_core.kernels import bf16_linear, bf16w_linear
 from folo_core.kernels.ops import define_op
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
-FOLO_BF16, ONEDNN = "folo_bf16", "onednn"
+FOLO_BF16, FOLO_BF16W, ONEDNN = "folo_bf16", "folo_bf16w", "onednn"
 
 
 @functools.cache
@@ -40,10 +42,13 @@ def can_pack(weight: torch.Tensor) -> bool:
 
 def pack(weight: torch.Tensor) -> tuple[str, torch.Tensor]:
     """The kernel that will run this weight and the weight in its layout: Folo's
-    AVX512-BF16 kernel for bf16 where the CPU has it, else oneDNN's blocked layout
-    (same shape and dtype, opaque storage)."""
+    AVX512-BF16 kernel for bf16 where the CPU has it, Folo's AVX2 kernel for float32
+    weights that are all bf16 values, else oneDNN's blocked layout (same shape and
+    dtype, opaque storage)."""
     if weight.dtype == torch.bfloat16 and bf16_linear.available():
         return FOLO_BF16, bf16_linear.pack(weight)
+    if weight.dtype == torch.float32 and bf16w_linear.preferred() and bf16w_linear.is_bf16_exact(weight):
+        return FOLO_BF16W, bf16w_linear.pack(weight)
     return ONEDNN, torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
 
 
@@ -58,6 +63,8 @@ def packed_linear(x: torch.Tensor, kernel: str, packed_weight: torch.Tensor, bia
     costs about 15 us a call), a compiled graph through ``folo::mkldnn_linear``."""
     if kernel == FOLO_BF16:
         return bf16_linear.linear(x, packed_weight, bias, out_features)
+    if kernel == FOLO_BF16W:
+        return bf16w_linear.linear(x, packed_weight, bias, out_features)
     if torch.compiler.is_compiling():
         return mkldnn_linear(x, packed_weight, bias)
     return _linear(x, packed_weight, bias)
