@@ -20,6 +20,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -168,23 +170,36 @@ inline void widen_rows(const scalar_t* row, int64_t n, int64_t tok_stride, int64
   }
 }
 
-// Scores of G queries (q: [G][hp]) against n widened keys (k: [n][hp]) into s[g * len + i]:
+// n cache rows as float32 rows of hp elements and their stride: float32 rows of a whole
+// number of vectors are read in place (copying them cost a quarter of the kernel's time on
+// AVX2), every other kind is widened into buf.
+template <typename scalar_t>
+inline std::pair<const float*, int64_t> as_float_rows(const scalar_t* row, int64_t n, int64_t tok_stride,
+                                                      int64_t head_size, int64_t hp, float* buf) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (head_size == hp) return {row, tok_stride};
+  }
+  widen_rows(row, n, tok_stride, head_size, hp, buf);
+  return {buf, hp};
+}
+
+// Scores of G queries (q: [G][hp]) against n float32 keys (k: n rows of hp, ks apart) into s[g * len + i]:
 // four keys at a time per query, so one query load serves four dot products and four
 // horizontal sums share one shuffle tree.
 template <int64_t G>
-inline void qk_run(const float* q, const float* k, int64_t n, int64_t hp, float* s, int64_t len) {
+inline void qk_run(const float* q, const float* k, int64_t ks, int64_t n, int64_t hp, float* s, int64_t len) {
   using simd::W;
   int64_t i = 0;
   for (; i + 4 <= n; i += 4) {
-    const float* k0 = k + i * hp;
+    const float* k0 = k + i * ks;
     for (int64_t g = 0; g < G; ++g) {
       simd::V a0 = simd::zero(), a1 = simd::zero(), a2 = simd::zero(), a3 = simd::zero();
       for (int64_t d = 0; d < hp; d += W) {
         const simd::V qd = simd::load(q + g * hp + d);
         a0 = simd::fma(qd, simd::load(k0 + d), a0);
-        a1 = simd::fma(qd, simd::load(k0 + hp + d), a1);
-        a2 = simd::fma(qd, simd::load(k0 + 2 * hp + d), a2);
-        a3 = simd::fma(qd, simd::load(k0 + 3 * hp + d), a3);
+        a1 = simd::fma(qd, simd::load(k0 + ks + d), a1);
+        a2 = simd::fma(qd, simd::load(k0 + 2 * ks + d), a2);
+        a3 = simd::fma(qd, simd::load(k0 + 3 * ks + d), a3);
       }
       simd::sum4(a0, a1, a2, a3, s + g * len + i);
     }
@@ -192,38 +207,65 @@ inline void qk_run(const float* q, const float* k, int64_t n, int64_t hp, float*
   for (; i < n; ++i) {
     for (int64_t g = 0; g < G; ++g) {
       simd::V a = simd::zero();
-      for (int64_t d = 0; d < hp; d += W) a = simd::fma(simd::load(q + g * hp + d), simd::load(k + i * hp + d), a);
+      for (int64_t d = 0; d < hp; d += W) a = simd::fma(simd::load(q + g * hp + d), simd::load(k + i * ks + d), a);
       s[g * len + i] = simd::sum(a);
     }
   }
 }
 
-// acc[g] += sum_i p[g * len + i] * v[i] over n widened values (v: [n][hp], acc: [G][hp]):
-// one vector-wide slice of the head at a time, its accumulators in registers over the run,
-// two tokens in flight where the registers allow (two FMA chains per query head).
-template <int64_t G>
-inline void pv_run(const float* p, int64_t len, const float* v, int64_t n, int64_t hp, float* acc) {
+// acc[g][d0 + c * W] += sum_i p[g * len + i] * v[i][d0 + c * W] for C vector slices of the head:
+// the G * C accumulators stay in registers over the run and each broadcast weight serves C
+// slices (one slice at a time re-broadcast every weight hp / W times: a quarter of the kernel).
+template <int64_t G, int64_t C>
+inline void pv_slices(const float* p, int64_t len, const float* v, int64_t vs, int64_t n, int64_t hp, float* acc) {
   using simd::W;
-  constexpr bool kTwo = 2 * G + 2 <= simd::kRegs;
-  for (int64_t d = 0; d < hp; d += W) {
-    simd::V part[G], part2[G];
-    for (int64_t g = 0; g < G; ++g) part[g] = simd::load(acc + g * hp + d), part2[g] = simd::zero();
-    int64_t i = 0;
-    if constexpr (kTwo) {
-      for (; i + 2 <= n; i += 2) {
-        const simd::V v0 = simd::load(v + i * hp + d), v1 = simd::load(v + (i + 1) * hp + d);
-        for (int64_t g = 0; g < G; ++g) {
-          part[g] = simd::fma(simd::broadcast(p[g * len + i]), v0, part[g]);
-          part2[g] = simd::fma(simd::broadcast(p[g * len + i + 1]), v1, part2[g]);
-        }
-      }
+  simd::V part[G][C];
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t c = 0; c < C; ++c) part[g][c] = simd::load(acc + g * hp + c * W);
+  for (int64_t i = 0; i < n; ++i) {
+    simd::V vi[C];
+    for (int64_t c = 0; c < C; ++c) vi[c] = simd::load(v + i * vs + c * W);
+    for (int64_t g = 0; g < G; ++g) {
+      const simd::V w = simd::broadcast(p[g * len + i]);
+      for (int64_t c = 0; c < C; ++c) part[g][c] = simd::fma(w, vi[c], part[g][c]);
     }
-    for (; i < n; ++i) {
-      const simd::V vi = simd::load(v + i * hp + d);
-      for (int64_t g = 0; g < G; ++g) part[g] = simd::fma(simd::broadcast(p[g * len + i]), vi, part[g]);
-    }
-    for (int64_t g = 0; g < G; ++g) simd::store(acc + g * hp + d, simd::add(part[g], part2[g]));
   }
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t c = 0; c < C; ++c) simd::store(acc + g * hp + c * W, part[g][c]);
+}
+
+// pv_slices<G, c> for a slice count known only at run time (1..C).
+template <int64_t G, int64_t C>
+inline void pv_slices_n(int64_t c, const float* p, int64_t len, const float* v, int64_t vs, int64_t n, int64_t hp,
+                        float* acc) {
+  if constexpr (C > 1) {
+    if (c < C) return pv_slices_n<G, C - 1>(c, p, len, v, vs, n, hp, acc);
+  }
+  pv_slices<G, C>(p, len, v, vs, n, hp, acc);
+}
+
+// acc[g] += sum_i p[g * len + i] * v[i] over n float32 values (v: n rows of hp, vs apart; acc: [G][hp]),
+// in groups of as many vector slices as the registers hold (G * C accumulators, C values, a weight).
+template <int64_t G>
+inline void pv_run(const float* p, int64_t len, const float* v, int64_t vs, int64_t n, int64_t hp, float* acc) {
+  constexpr int64_t C = std::max<int64_t>(1, (simd::kRegs - 1) / (G + 1));
+  for (int64_t d = 0; d < hp; d += C * simd::W)
+    pv_slices_n<G, C>(std::min(C, (hp - d) / simd::W), p, len, v + d, vs, n, hp, acc + d);
+}
+
+// The largest of x[0..n) through 16 running maxima, which the compiler keeps in vectors (a plain
+// reduction, even under omp simd, stays one serial maxss chain: a tenth of the kernel on AVX2).
+inline float max_of(const float* x, int64_t n) {
+  constexpr int64_t L = 16;
+  float part[L];
+  std::fill_n(part, L, -INFINITY);
+  int64_t t = 0;
+  for (; t + L <= n; t += L)
+    for (int64_t j = 0; j < L; ++j) part[j] = std::max(part[j], x[t + j]);
+  float m = -INFINITY;
+  for (; t < n; ++t) m = std::max(m, x[t]);
+  for (int64_t j = 0; j < L; ++j) m = std::max(m, part[j]);
+  return m;
 }
 
 // Where one task's keys and values are: a request's block table and one KV head's slice.
@@ -252,8 +294,8 @@ void attend_tile(const KVView<scalar_t>& kv, int64_t head_size, int64_t hp, floa
   float* scores = s.scores.data();
   for_each_run(kv.keys, kv.blocks, kv.block_size, kv.k_blk, kv.k_tok, head_size, kv.first, kv.end,
                [&](const scalar_t* row, int64_t n, int64_t t) {
-    widen_rows(row, n, kv.k_tok, head_size, hp, s.rows.data());
-    qk_run<G>(s.q.data(), s.rows.data(), n, hp, scores + t, len);
+    const auto [k, ks] = as_float_rows(row, n, kv.k_tok, head_size, hp, s.rows.data());
+    qk_run<G>(s.q.data(), k, ks, n, hp, scores + t, len);
   });
   float sums[G];
   for (int64_t g = 0; g < G; ++g) {
@@ -261,9 +303,7 @@ void attend_tile(const KVView<scalar_t>& kv, int64_t head_size, int64_t hp, floa
     if (cap > 0.f) {
       for (int64_t t = 0; t < len; ++t) sg[t] = cap * std::tanh(sg[t] / cap);
     }
-    float m = -INFINITY;  // a vector max (std::max_element is one serial maxss chain)
-#pragma omp simd reduction(max : m)
-    for (int64_t t = 0; t < len; ++t) m = std::max(m, sg[t]);
+    const float m = max_of(sg, len);
     float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t t = 0; t < len; ++t) { sg[t] = exp_nonpositive(sg[t] - m); sum += sg[t]; }
@@ -272,8 +312,8 @@ void attend_tile(const KVView<scalar_t>& kv, int64_t head_size, int64_t hp, floa
   std::fill_n(s.acc.data(), G * hp, 0.f);
   for_each_run(kv.values, kv.blocks, kv.block_size, kv.v_blk, kv.v_tok, head_size, kv.first, kv.end,
                [&](const scalar_t* row, int64_t n, int64_t t) {
-    widen_rows(row, n, kv.v_tok, head_size, hp, s.rows.data());
-    pv_run<G>(scores + t, len, s.rows.data(), n, hp, s.acc.data());
+    const auto [v, vs] = as_float_rows(row, n, kv.v_tok, head_size, hp, s.rows.data());
+    pv_run<G>(scores + t, len, v, vs, n, hp, s.acc.data());
   });
   for (int64_t g = 0; g < G; ++g) {
     const float inv = 1.f / sums[g];
