@@ -56,6 +56,24 @@ def test_suite_on_random_qwen3_with_the_real_tokenizer(qwen3, backend):
     check_structured_outputs(use_backend(qwen3, backend), num_schemas=50, seed=2)
 
 
+@pytest.mark.parametrize("text,accepted", [('{"kind": "a b", "tags": ["xy"]}', True),
+                                           ('{"kind": "a\tb", "tags": ["xy"]}', False),
+                                           ('{"kind": "ab", "tags": ["x\u0001"]}', False),
+                                           ('{"kind": "abcdef", "tags": []}', False)])
+def test_length_bounded_json_strings_exclude_control_characters(text, accepted):
+    """xgrammar's own minLength/maxLength strings admit a raw tab (a sampled one broke the suite on
+    an AVX2 CPU); the backend's grammar keeps JSON's rule: no control characters in a string."""
+    pytest.importorskip("xgrammar")
+    from xgrammar.testing import _is_grammar_accept_string
+    from folo_plugins.xgrammar.backend import XgrammarBackend
+
+    schema = {"type": "object", "properties": {"kind": {"type": "string", "maxLength": 5},
+                                               "tags": {"type": "array", "items": {"type": "string", "minLength": 2}}},
+              "required": ["kind", "tags"], "additionalProperties": False}
+    params = StructuredOutputsParams(json=schema, disable_any_whitespace=True)
+    assert _is_grammar_accept_string(XgrammarBackend.grammar(params), text) is accepted
+
+
 def test_json_object_on_smollm2(smollm2, backend):
     out = use_backend(smollm2, backend).chat(
         [{"role": "user", "content": 'Answer with {"capital": <the capital of France>}.'}],

@@ -42,6 +42,24 @@ def _choice_ebnf(choices: list[str]) -> str:
     return "root ::= " + " | ".join(json.dumps(choice, ensure_ascii=False) for choice in choices)
 
 
+# xgrammar 0.2.8 writes a JSON-schema string with minLength/maxLength as a run of the
+# class below, which admits raw tabs and other control characters that JSON forbids (a
+# sampled tab made the output unparseable); its unbounded strings exclude them all.
+_LENGTH_BOUNDED_CHAR = r'[^\"\\\r\n]'
+_JSON_STRING_CHAR = r'[^\0-\x1f\"\\]'
+
+
+def _json_grammar(schema: str, any_whitespace: bool) -> Any:
+    """``Grammar.from_json_schema`` with every string character class excluding JSON's control characters."""
+    from xgrammar import Grammar
+
+    grammar = Grammar.from_json_schema(schema, any_whitespace=any_whitespace)
+    text = str(grammar)
+    if _LENGTH_BOUNDED_CHAR not in text:
+        return grammar
+    return Grammar.from_ebnf(text.replace(_LENGTH_BOUNDED_CHAR, _JSON_STRING_CHAR))
+
+
 class XgrammarBackend(StructuredOutputBackend):
     @classmethod
     def check_eligibility(cls, ctx: SelectionContext) -> list[str]:
@@ -63,10 +81,9 @@ class XgrammarBackend(StructuredOutputBackend):
         kind, spec = params.kind, params.spec
         whitespace = not params.disable_any_whitespace
         if kind == "json":
-            return Grammar.from_json_schema(spec if isinstance(spec, str) else json.dumps(spec),
-                                            any_whitespace=whitespace)
+            return _json_grammar(spec if isinstance(spec, str) else json.dumps(spec), whitespace)
         if kind == "json_object":
-            return Grammar.from_json_schema('{"type": "object"}', any_whitespace=whitespace)
+            return _json_grammar('{"type": "object"}', whitespace)
         if kind == "regex":
             return Grammar.from_regex(spec)
         if kind == "choice":
