@@ -30,7 +30,9 @@ def monkeypatch_module():
 
 @pytest.fixture(scope="module")
 def llm(smollm2_gptq):
-    return LLM(str(smollm2_gptq))
+    # bfloat16 whatever the CPU: the int4 kernel takes bf16 activations only, and an AVX2-only CPU's
+    # dtype="auto" (float32) would put every layer on the dequant reference kernel instead.
+    return LLM(str(smollm2_gptq), dtype="bfloat16")
 
 
 def test_answers_the_capital_of_france(llm):
