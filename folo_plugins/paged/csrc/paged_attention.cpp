@@ -2,7 +2,8 @@
 //
 // Each (request, kv head) pair is one task: its keys and values are read straight from the
 // cache blocks (no gathered copy, no padding to the longest request), up to 32 rows at a time
-// widened to float32 into an L1 buffer, then worked on with explicit AVX-512 or AVX2 vectors;
+// (float32 rows in place, others widened to float32 into an L1 buffer), then worked on with
+// explicit AVX-512 or AVX2 vectors;
 // scores and softmax in float32, the GQA group's queries sharing every key/value row. With a soft cap C
 // (Gemma 2), each scaled score s becomes C * tanh(s / C) before the softmax.
 // The same library holds the cache write (reshape_and_cache, at the end).
