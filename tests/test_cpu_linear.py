@@ -86,16 +86,17 @@ def test_bf16w_kernel_in_a_compiled_graph() -> None:
 def test_bf16_exact_detects_float32_weights_from_bf16() -> None:
     """Only a weight whose every value survives the bf16 round trip may be stored in bf16."""
     w = torch.randn(8, 8).bfloat16().float()
-    assert bf16w_linear.is_bf16_exact(w)
+    narrowed = bf16w_linear.bf16_values(w)
+    assert narrowed is not None and narrowed.dtype == torch.bfloat16 and torch.equal(narrowed.float(), w)
     w[3, 5] += 2 ** -20
-    assert not bf16w_linear.is_bf16_exact(w)
-    assert not bf16w_linear.is_bf16_exact(w.bfloat16())
+    assert bf16w_linear.bf16_values(w) is None
+    assert bf16w_linear.bf16_values(w.bfloat16()) is None
 
 
 def _expected_kernel(w: torch.Tensor) -> str:
     if w.dtype == torch.bfloat16 and bf16_linear.available():
         return cpu_linear.FOLO_BF16
-    if bf16w_linear.preferred() and bf16w_linear.is_bf16_exact(w):
+    if bf16w_linear.preferred() and bf16w_linear.bf16_values(w) is not None:
         return cpu_linear.FOLO_BF16W
     return cpu_linear.ONEDNN
 

@@ -40,13 +40,18 @@ def preferred() -> bool:
     return "avx512f" not in cpu_flags() and available()
 
 
-def is_bf16_exact(weight: torch.Tensor) -> bool:
-    """A float32 ``weight`` whose every value is a bf16 value (loaded from a bf16 checkpoint)."""
-    return weight.dtype == torch.float32 and bool(torch.equal(weight.to(torch.bfloat16).float(), weight))
+def bf16_values(weight: torch.Tensor) -> torch.Tensor | None:
+    """A float32 ``weight`` as bf16 if every value is a bf16 value (loaded from a bf16
+    checkpoint), else None; ``pack`` takes the result without converting again."""
+    if weight.dtype != torch.float32:
+        return None
+    narrowed = weight.to(torch.bfloat16)
+    return narrowed if torch.equal(narrowed.float(), weight) else None
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` [N, K] as bf16 in the kernel's [N/16, K, 16] layout (zero-padded)."""
+    """``weight`` [N, K] (bf16, or float32 of bf16 values) as bf16 in the kernel's
+    [N/16, K, 16] layout (zero-padded)."""
     return torch.ops.folo_cpu.pack_bf16w_weight(weight)
 
 

@@ -47,8 +47,10 @@ def pack(weight: torch.Tensor) -> tuple[str, torch.Tensor]:
     dtype, opaque storage)."""
     if weight.dtype == torch.bfloat16 and bf16_linear.available():
         return FOLO_BF16, bf16_linear.pack(weight)
-    if weight.dtype == torch.float32 and bf16w_linear.preferred() and bf16w_linear.is_bf16_exact(weight):
-        return FOLO_BF16W, bf16w_linear.pack(weight)
+    if weight.dtype == torch.float32 and bf16w_linear.preferred():
+        narrowed = bf16w_linear.bf16_values(weight)
+        if narrowed is not None:
+            return FOLO_BF16W, bf16w_linear.pack(narrowed)
     return ONEDNN, torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
 
 
