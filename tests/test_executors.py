@@ -102,3 +102,22 @@ def test_an_executor_from_an_entry_point_is_selected_by_name_here_and_in_core_pr
     finally:
         replicas.shutdown()
         here.shutdown()
+
+
+def test_ray_eligibility_is_decided_without_importing_ray(monkeypatch):
+    """``auto`` asks every executor at each engine start; Ray's answer must not cost Ray's import
+    (about 0.6 s), and a missing Ray says how to install it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from folo_plugins.executors.ray_executor import RayDistributedExecutor as R; "
+             "R.check_eligibility(None); print('ray' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+    import importlib.util
+
+    from folo_plugins.executors.ray_executor import RayDistributedExecutor
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    assert RayDistributedExecutor.check_eligibility(None) == ["Ray is not installed (pip install 'folovllm[ray]')"]
