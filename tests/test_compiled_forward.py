@@ -95,15 +95,24 @@ def test_compiled_bf16_smollm2_logprobs_follow_eager(smollm2_path):
         assert abs(got[tokens[k]].logprob - expected) <= BF16_LOGPROB_ATOL, (k, got[tokens[k]].logprob, expected)
 
 
+def _refuse_compile(message: str):
+    """A ``torch.compile`` stand-in whose compiled function, ahead of time or not, raises ``message``."""
+
+    class Refusing:
+        def aot_compile(self, example_inputs):
+            raise RuntimeError(message)
+
+        def __call__(self, *args):
+            raise RuntimeError(message)
+
+    return lambda fn, **kwargs: Refusing()
+
+
 def test_compile_failure_falls_back_to_eager(tiny_model_dir, monkeypatch, caplog):
     import folo_core.compilation as compilation
 
-    def broken_compile(fn, **kwargs):
-        def compiled(*args):
-            raise RuntimeError("inductor is unavailable (simulated)")
-        return compiled
-
-    monkeypatch.setattr(compilation.torch, "compile", broken_compile)
+    monkeypatch.setenv("FOLO_DISABLE_COMPILE_CACHE", "1")  # a cached graph would hide the failure
+    monkeypatch.setattr(compilation.torch, "compile", _refuse_compile("inductor is unavailable (simulated)"))
     logging.getLogger("folo").propagate = True
     path = tiny_model_dir("qwen2")
     prompts = random_prompts(3, 512, seed=4)
@@ -114,6 +123,67 @@ def test_compile_failure_falls_back_to_eager(tiny_model_dir, monkeypatch, caplog
     assert len(warnings) == 1 and "simulated" in warnings[0]
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], GREEDY, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outputs] == hf_greedy(path, prompts, GREEDY.max_tokens)
+
+
+def test_a_cached_compiled_forward_is_loaded_and_matches_eager(tiny_model_dir, tmp_path, monkeypatch, caplog):
+    """The second engine of a model loads the graph the first one saved (no tracing: torch.compile
+    refuses) and keeps the eager path's tokens and log-probs; a cached file that cannot be loaded
+    is deleted and reported, never used. The checkpoint is bf16, as most are: ``auto`` then runs
+    Folo's own linear kernels (bf16-stored float32 on AVX2, bf16 with AVX512-BF16), whose plain
+    packed weights a saved graph can take; oneDNN's opaque ones (float32 on other AVX512 CPUs)
+    are compiled in process, uncached."""
+    from transformers import AutoModelForCausalLM
+
+    import folo_core.compilation as compilation
+    from folo_core.platform import resolve_auto_dtype
+
+    path = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(str(tiny_model_dir("qwen3"))).to(torch.bfloat16).save_pretrained(str(path))
+    dtype = resolve_auto_dtype(torch.bfloat16, "cpu")[0]
+    monkeypatch.setenv("FOLO_COMPILE_CACHE", str(tmp_path / "compiled"))
+    prompts = random_prompts(4, 512, seed=6)
+    first = compiled_llm(path, skip_tokenizer_init=True)
+    kernels = {getattr(m, "linear_kernel", None) for m in first.llm_engine.engine_core.executor.model_runner.model.modules()}
+    saved = list((tmp_path / "compiled").glob("forward-*.bin"))
+    if "onednn" in kernels:
+        assert not saved
+        return
+    assert len(saved) == 1 and not first.llm_engine.engine_core.executor.model_runner.forward.loaded_from_cache
+    monkeypatch.setattr(compilation.torch, "compile", _refuse_compile("traced again (simulated)"))
+    second = compiled_llm(path, skip_tokenizer_init=True)
+    assert second.llm_engine.engine_core.executor.model_runner.forward.loaded_from_cache
+    eager = LLM(str(path), skip_tokenizer_init=True, enforce_eager=True)
+    outputs = second.generate([{"prompt_token_ids": p} for p in prompts], GREEDY, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outputs] == hf_greedy(path, prompts, GREEDY.max_tokens, dtype=dtype)
+    atol = COMPILED_LOGPROB_ATOL if dtype == torch.float32 else BF16_LOGPROB_ATOL
+    for ours, reference in zip(logprob_rows(second, prompts[:2], 20), logprob_rows(eager, prompts[:2], 20)):
+        torch.testing.assert_close(ours, reference, atol=atol, rtol=0)
+
+    saved[0].write_bytes(b"not a compiled forward")
+    logging.getLogger("folo").propagate = True
+    with caplog.at_level(logging.WARNING, logger="folo"):
+        third = LLM(str(path), skip_tokenizer_init=True, enforce_eager=False)
+    assert any("is unusable" in r.message for r in caplog.records)
+    assert not saved[0].exists()  # deleted; compiling anew (refused here) would have saved it again
+    assert not third.llm_engine.engine_core.executor.model_runner.forward.active
+
+
+def test_forward_fingerprint_follows_structure_not_values():
+    """Two models differing only in weight values share a compiled graph; a different kernel
+    choice, dtype or shape does not."""
+    from folo_core.compilation import forward_fingerprint
+
+    def model(kernel: str = "folo_bf16w", dtype=torch.float32, width: int = 8, seed: int = 0):
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Linear(width, width, dtype=dtype), torch.nn.ReLU())
+        net[0].linear_kernel, net[0].eps = kernel, 1e-6
+        return net
+
+    key = forward_fingerprint(model())
+    assert forward_fingerprint(model(seed=1)) == key
+    assert forward_fingerprint(model(kernel="onednn")) != key
+    assert forward_fingerprint(model(dtype=torch.bfloat16)) != key
+    assert forward_fingerprint(model(width=16)) != key
 
 
 def test_enforce_eager_never_compiles(tiny_model_dir, monkeypatch):
