@@ -3,7 +3,8 @@
 Eager PyTorch dispatches every norm, rotary and activation op from Python, one
 at a time; inductor fuses them into a few C++ loops and calls them from one
 generated wrapper. Attention stays behind the opaque ``folo::unified_attention``
-op and CPU linears behind ``folo::mkldnn_linear``, so the graph never breaks.
+op and oneDNN-packed linears behind ``folo::mkldnn_linear`` (both by layer name), so
+the graph never breaks.
 The graph is dynamic in the number of tokens (one graph for any count, a single
 token included), built at start-up by a warm-up run.
 
@@ -15,9 +16,9 @@ traced graph and inductor's code together, is saved under
 neither reads nor writes it), keyed by everything the trace depends on (see
 ``forward_fingerprint``); a later start with the same key loads it in a few
 seconds instead. A cached graph that fails to load or run is deleted and compiled
-anew. A model whose forward cannot be compiled ahead of time (oneDNN's opaque packed
-float32 weights cannot stand as graph inputs there) is compiled in process, uncached;
-any failure to compile falls back to eager with one warning.
+anew. A model whose forward cannot be compiled ahead of time (torch's ahead-of-time
+compile is young, and a third-party layer may hold what it cannot fake) is compiled in
+process, uncached; any failure to compile falls back to eager with one warning.
 ``enforce_eager=True`` skips all of it.
 """
 
@@ -139,7 +140,7 @@ class CompiledForward:
         start = time.perf_counter()
         try:
             compiled = self._compile_ahead_of_time(run_batches)
-        except Exception as exc:  # e.g. oneDNN's opaque packed weights cannot be faked as graph inputs
+        except Exception as exc:  # e.g. an input tensor its tracing cannot fake
             logger.info("the forward cannot be compiled ahead of time (%s: %s); compiling it in this process, "
                         "uncached", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
             compiled = None

@@ -18,15 +18,20 @@ class ForwardContext:
     # The running model's attention layers by prefix: a compiled graph reaches them by
     # name through the ``folo::unified_attention`` op (``folo_core.attention.layer``).
     attn_layers: dict[str, Any] = field(default_factory=dict)
+    # Its linear layers whose packed weight is opaque (oneDNN's layout), by module name: a
+    # compiled graph names them in ``folo::mkldnn_linear`` (``folo_core.kernels.cpu_linear``),
+    # since a graph compiled ahead of time cannot take such a tensor as an input.
+    linear_layers: dict[str, Any] = field(default_factory=dict)
 
 
 _current: ForwardContext | None = None
 
 
 @contextlib.contextmanager
-def set_forward_context(attn_metadata: Any, attn_layers: dict[str, Any] | None = None) -> Iterator[None]:
+def set_forward_context(attn_metadata: Any, attn_layers: dict[str, Any] | None = None,
+                        linear_layers: dict[str, Any] | None = None) -> Iterator[None]:
     global _current
-    previous, _current = _current, ForwardContext(attn_metadata, attn_layers or {})
+    previous, _current = _current, ForwardContext(attn_metadata, attn_layers or {}, linear_layers or {})
     try:
         yield
     finally:

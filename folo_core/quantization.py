@@ -63,9 +63,13 @@ class UnquantizedLinearMethod(QuantizationMethod):
 
     def apply(self, layer, x, bias=None) -> torch.Tensor:
         kernel = getattr(layer, "linear_kernel", None)
-        if kernel is not None:
-            return cpu_linear.packed_linear(x, kernel, layer.weight, bias, layer.out_features)
-        return torch.nn.functional.linear(x, layer.weight, bias)
+        if kernel is None:
+            return torch.nn.functional.linear(x, layer.weight, bias)
+        if kernel == cpu_linear.ONEDNN and torch.compiler.is_compiling():
+            # The graph names the layer (``ModelRunner`` sets ``linear_name``) and never touches
+            # the opaque weight, which a graph compiled ahead of time cannot take as an input.
+            return cpu_linear.mkldnn_linear(x, layer.linear_name, bias, layer.out_features)
+        return cpu_linear.packed_linear(x, kernel, layer.weight, bias, layer.out_features)
 
 
 class QuantizationConfig(ABC):

@@ -8,7 +8,9 @@ streams the weight at memory speed: on a 2-core AVX512-BF16 EPYC, SmolLM2's 120
 linears at M=1 take 12 ms instead of 22 ms in bf16 and 23 ms instead of 38 ms in
 float32 (``benchmarks/linear_kernels.py`` has the other candidates and why they
 lost). The packed tensor is opaque (``torch._mkldnn`` layout), so compiled
-graphs reach it through the ``folo::mkldnn_linear`` custom op, never directly.
+graphs never hold it: they name the layer in the ``folo::mkldnn_linear`` op, which
+finds the weight in the forward context (a graph compiled ahead of time and saved
+cannot take such a tensor as an input).
 Where the CPU has AVX512-BF16, bf16 weights go to Folo's own kernel instead
 (``bf16_linear``), which streams them faster still at decode batch sizes; on an
 AVX2 CPU, float32 weights that are bf16 values (a bf16 checkpoint run in float32)
@@ -21,6 +23,7 @@ import functools
 
 import torch
 
+from folo_core.forward_context import get_forward_context
 from folo_core.kernels import bf16_linear, bf16w_linear
 from folo_core.kernels.ops import define_op
 
@@ -61,21 +64,24 @@ def _linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | N
 
 def packed_linear(x: torch.Tensor, kernel: str, packed_weight: torch.Tensor, bias: torch.Tensor | None,
                   out_features: int) -> torch.Tensor:
-    """``x W^T + b`` with ``W`` from ``pack``; eager calls oneDNN directly (a custom op
-    costs about 15 us a call), a compiled graph through ``folo::mkldnn_linear``."""
+    """``x W^T + b`` with ``W`` from ``pack``, called eagerly (a custom op costs about 15 us a
+    call); a compiled graph calls ``mkldnn_linear`` for oneDNN's weights instead."""
     if kernel == FOLO_BF16:
         return bf16_linear.linear(x, packed_weight, bias, out_features)
     if kernel == FOLO_BF16W:
         return bf16w_linear.linear(x, packed_weight, bias, out_features)
-    if torch.compiler.is_compiling():
-        return mkldnn_linear(x, packed_weight, bias)
     return _linear(x, packed_weight, bias)
 
 
-def _fake_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return x.new_empty(x.shape[0], packed_weight.shape[0])
+def _named_linear(x: torch.Tensor, layer_name: str, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """The linear layer ``layer_name`` of the running model on ``x``, its weight in oneDNN's layout."""
+    return _linear(x, get_forward_context().linear_layers[layer_name].weight, bias)
 
 
-# ``_linear`` as an op a compiled graph can hold (it cannot take the opaque weight itself).
-mkldnn_linear = define_op("mkldnn_linear(Tensor x, Tensor packed_weight, Tensor? bias) -> Tensor",
-                          _linear, _fake_linear)
+def _fake_linear(x: torch.Tensor, layer_name: str, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    return x.new_empty(x.shape[0], out_features)
+
+
+# A oneDNN-packed linear as an op a compiled graph can hold: by the layer's name, not its weight.
+mkldnn_linear = define_op("mkldnn_linear(Tensor x, str layer_name, Tensor? bias, int out_features) -> Tensor",
+                          _named_linear, _fake_linear)

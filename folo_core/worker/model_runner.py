@@ -25,6 +25,7 @@ from folo_core.compilation import CompiledForward
 from folo_core.config import EngineConfig
 from folo_core.forward_context import set_forward_context
 from folo_core.hf_utils import dynamic_rope_scaling
+from folo_core.kernels import cpu_linear
 from folo_core.logger import init_logger
 from folo_core.models import ModelLoadContext, ModelLoader
 from folo_core.quantization import QuantizationConfig, WeightMemory, quantized_layers, weight_memory
@@ -93,6 +94,11 @@ class ModelRunner:
         self._log_weights()
         self.attn_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.attn_layers_by_name = {layer.prefix: layer for layer in self.attn_layers}
+        # Linears on oneDNN's opaque packed weights, which a compiled graph reaches by name.
+        self.opaque_linears = {name: module for name, module in self.model.named_modules()
+                               if getattr(module, "linear_kernel", None) == cpu_linear.ONEDNN}
+        for name, module in self.opaque_linears.items():
+            module.linear_name = name
         self.forward = CompiledForward(self.model)
         self.attn_metadata_builder = attn_backend.get_builder_cls()(attn_backend, self.device,
                                                                     config.model.enforce_eager)
@@ -344,7 +350,7 @@ class ModelRunner:
     def _run_model(self, forward, flat: FlatBatch, input_ids: np.ndarray, prompt_lens: np.ndarray) -> torch.Tensor:
         """One forward over the flat batch, with its attention metadata built once."""
         attn_metadata = self.attn_metadata_builder.build(flat.attn_metadata)
-        with set_forward_context(attn_metadata, self.attn_layers_by_name):
+        with set_forward_context(attn_metadata, self.attn_layers_by_name, self.opaque_linears):
             return forward(torch.from_numpy(input_ids).to(self.device),
                            torch.from_numpy(self._model_positions(flat, prompt_lens)).to(self.device))
 
