@@ -39,6 +39,7 @@ from torch._dynamo.decorators import mark_unbacked
 
 from folo_core.logger import init_logger
 from folo_core.platform import cpu_flags
+from folo_core.utils import error_summary
 
 logger = init_logger(__name__)
 
@@ -141,15 +142,14 @@ class CompiledForward:
         try:
             compiled = self._compile_ahead_of_time(run_batches)
         except Exception as exc:  # e.g. an input tensor its tracing cannot fake
-            logger.info("the forward cannot be compiled ahead of time (%s: %s); compiling it in this process, "
-                        "uncached", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            logger.info("the forward cannot be compiled ahead of time (%s); compiling it in this process, "
+                        "uncached", error_summary(exc))
             compiled = None
         if compiled is None:
             try:
                 self._compiled = self._compile_in_process(run_batches)
             except Exception as exc:  # no C++ compiler, an op inductor cannot lower, ...
-                logger.warning("torch.compile of the model failed (%s: %s); running eager",
-                               type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                logger.warning("torch.compile of the model failed (%s); running eager", error_summary(exc))
                 return False
         else:
             self._use_ahead_of_time(compiled)
@@ -159,8 +159,7 @@ class CompiledForward:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 compiled.save_compiled_function(str(path))  # written beside and renamed: never partial
             except Exception as exc:  # an unserialisable graph, a read-only home, ...
-                logger.warning("could not cache the compiled forward in %s (%s: %s)", path, type(exc).__name__,
-                               str(exc).splitlines()[0] if str(exc) else "")
+                logger.warning("could not cache the compiled forward in %s (%s)", path, error_summary(exc))
         return True
 
     def _compile_ahead_of_time(self, run_batches: Callable[[ForwardFn], None]) -> Any:
@@ -213,8 +212,8 @@ class CompiledForward:
             compiled.disable_guard_check()
             run_batches(lambda input_ids, positions: compiled(self.model, input_ids, positions))
         except Exception as exc:
-            logger.warning("the cached compiled forward %s is unusable (%s: %s); compiling again", path,
-                           type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            logger.warning("the cached compiled forward %s is unusable (%s); compiling again", path,
+                           error_summary(exc))
             path.unlink(missing_ok=True)
             return False
         self._use_ahead_of_time(compiled)

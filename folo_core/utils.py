@@ -8,6 +8,12 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def error_summary(exc: BaseException) -> str:
+    """``Type: first line of the message``, for a one-line log of a failure that is handled."""
+    message = str(exc)
+    return f"{type(exc).__name__}: {message.splitlines()[0] if message else ''}"
+
+
 def lone_surrogate_at(text: str) -> int | None:
     """Where ``text`` holds a lone surrogate (a JSON ``\\ud800`` escape gives one), or None.
 

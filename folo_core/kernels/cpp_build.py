@@ -26,6 +26,7 @@ import torch
 
 from folo_core.logger import init_logger
 from folo_core.platform import cpu_flags
+from folo_core.utils import error_summary
 
 logger = init_logger(__name__)
 
@@ -76,6 +77,6 @@ def load_cpp_ops(source: Path) -> bool:
         torch.ops.load_library(str(library))
         return True
     except Exception as exc:  # no compiler, missing headers, a sandbox without exec, ...
-        logger.warning("CPU kernels of %s unavailable (%s: %s); using the torch fallback",
-                       source.name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        logger.warning("CPU kernels of %s unavailable (%s); using the torch fallback", source.name,
+                       error_summary(exc))
         return False
